@@ -12,6 +12,7 @@ give identical events.
 from __future__ import annotations
 
 import math
+import operator
 from typing import Sequence
 
 import torch
@@ -103,11 +104,13 @@ def parse_order(order: Sequence[int] | str | None, timesteps: int = MAX_TIMESTEP
         raise ValueError(f"order must be a sequence of group indices 0..7 or a string like 'efghabcd', got {order!r}")
     groups = []
     for g in items:
-        if isinstance(g, torch.Tensor) and g.numel() == 1:
-            g = g.item()
-        if isinstance(g, bool) or not isinstance(g, int) or not 0 <= g < MAX_TIMESTEPS:
+        try:  # any integer type (int, numpy integer, 0-d integer tensor), never bool or float
+            index = None if isinstance(g, bool) else operator.index(g)
+        except TypeError:
+            index = None
+        if index is None or not 0 <= index < MAX_TIMESTEPS:
             raise ValueError(f"order {items!r}: every entry must be a group index in 0..7, got {g!r}")
-        groups.append(int(g))
+        groups.append(index)
     if len(set(groups)) != len(groups):
         raise ValueError(f"order {groups}: a group may appear only once")
     if len(groups) < timesteps:
