@@ -233,29 +233,20 @@ def _convert_torch(
     thr_on = thr.view(batch, 1, 1)
     thr_off = -thr_on
     out = torch.empty((len(order), batch, 2, height, width), dtype=dtype, device=images.device)
-    # Comparisons write bool; other dtypes go through one bool buffer and a cast-copy.
-    direct = dtype == torch.bool
     uniform = motions.shape[0] <= 1 or bool((motions == motions[:1]).all())
     diff = torch.empty((batch, height, width), dtype=torch.float32, device=images.device)
-    mask = None if direct else torch.empty((batch, height, width), dtype=torch.bool, device=images.device)
 
     def window(p: int, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
         dr, dc = position_offset(p)
         return vp[rows, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
 
-    def compare(d, thr_on_, thr_off_, on_out, off_out, buf):
-        if direct:
-            torch.ge(d, thr_on_, out=on_out)
-            torch.le(d, thr_off_, out=off_out)
-        else:
-            on_out.copy_(torch.ge(d, thr_on_, out=buf))
-            off_out.copy_(torch.le(d, thr_off_, out=buf))
-
     for t, group in enumerate(order):
         if uniform:
             s, e = MOTION_GROUPS[group][int(motions[0, group])]
             torch.sub(window(e), window(s), out=diff)
-            compare(diff, thr_on, thr_off, out[t, :, 0], out[t, :, 1], mask)
+            # Comparisons write 0/1 straight into the output dtype: no bool temporary, no cast pass.
+            torch.ge(diff, thr_on, out=out[t, :, 0])
+            torch.le(diff, thr_off, out=out[t, :, 1])
             continue
         # Per-sample motions: one pass per distinct choice over the samples that drew it.
         column = motions[:, group]
@@ -321,7 +312,9 @@ def i2e_convert(
     if motions is None:
         gen_device = generator.device if generator is not None else images.device
         motions = draw_motions(batch, train=train, per_sample=per_sample, generator=generator, device=gen_device)
-    motions = _check_motions(motions, batch, images.device)
+        motions = motions.to(images.device)  # valid by construction: no check, no CUDA sync
+    else:
+        motions = _check_motions(motions, batch, images.device)
     if _fused_available(images, impl):
         from .i2e_triton import convert_fused
 
