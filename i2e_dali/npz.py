@@ -1,0 +1,407 @@
+"""Read (and write) I2E event datasets stored as one ``.npz`` per sample (shared/I2E_SPEC.md).
+
+Layout: ``<root>/<split>/<class>/<name>.npz``; class index = position in the sorted class folder names
+(torchvision ImageFolder's rule, the same the live loader uses).
+
+Two per-sample formats, detected from the file itself:
+
+* dense: ``arr_0`` bool ``[T, 2, H, W]``, channel 0 = ON, channel 1 = OFF;
+* sparse: ``arr_0`` integer ``[N, 4]`` rows ``(t, p, x, y)`` with p = 1 for ON and p = 0 for OFF
+  (note the flip: dense channel = 1 - p). uint8 while T, H and W are at most 256.
+
+A sparse matrix does not say how large the frame is. Files written by ``i2e_dali.export`` carry it as a
+second array ``shape = [T, H, W]`` (``arr_0`` stays first, so readers of the published format still find
+it) and the export also writes ``i2e_meta.json`` per split. For the authors' files, which hold only the
+matrix, give ``timesteps``/``size`` explicitly or let the reader infer them from a sample of files
+(with a warning that says what it assumed).
+"""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+__all__ = [
+    "NpzFormatError",
+    "NpzInfo",
+    "META_NAME",
+    "SHAPE_KEY",
+    "dense_to_sparse",
+    "sparse_to_dense",
+    "sparse_dtype",
+    "read_npz_info",
+    "load_events",
+    "write_npz",
+    "read_meta",
+    "NpzEventDataset",
+    "build_loaders",
+]
+
+META_NAME = "i2e_meta.json"
+SHAPE_KEY = "shape"
+# Frame sizes of the published I2E datasets (CIFAR resized to 128, ImageNet 224); used only when a
+# sparse set carries no size at all and the reader has to guess.
+_KNOWN_SIZES = (128, 224)
+_INFER_FILES = 32
+
+
+class NpzFormatError(ValueError):
+    """An npz file is missing, corrupt, truncated or not an I2E event file."""
+
+
+@dataclass(frozen=True)
+class NpzInfo:
+    """What the header of one file says, without decompressing the events."""
+
+    format: str  # "dense" or "sparse"
+    shape: tuple[int, ...]  # arr_0's shape
+    dtype: np.dtype
+    frame_shape: tuple[int, int, int] | None  # (T, H, W): dense always, sparse when stored
+
+
+# --------------------------------------------------------------------------------------------------
+# conversions between the two layouts
+# --------------------------------------------------------------------------------------------------
+def sparse_dtype(timesteps: int, height: int, width: int) -> np.dtype:
+    """Smallest unsigned dtype holding t, x and y: uint8 while all are <= 256 (the spec's rule)."""
+    biggest = max(timesteps, height, width) - 1
+    for dt in (np.uint8, np.uint16, np.uint32):
+        if biggest <= np.iinfo(dt).max:
+            return np.dtype(dt)
+    raise ValueError(f"frame shape {(timesteps, height, width)} is too large for the sparse format")
+
+
+def dense_to_sparse(events: np.ndarray) -> np.ndarray:
+    """bool ``[T, 2, H, W]`` -> ``[N, 4]`` rows ``(t, p, x, y)``, p = 1 ON / 0 OFF.
+
+    Rows are sorted by t, then polarity (ON first), then y, then x.
+    """
+    events = np.asarray(events)
+    if events.ndim != 4 or events.shape[1] != 2:
+        raise ValueError(f"events must be [T, 2, H, W], got shape {events.shape}")
+    t, c, y, x = np.nonzero(events)
+    dt = sparse_dtype(events.shape[0], events.shape[2], events.shape[3])
+    out = np.empty((t.size, 4), dtype=dt)
+    out[:, 0] = t
+    out[:, 1] = 1 - c  # dense channel 0 is ON, sparse p = 1 is ON
+    out[:, 2] = x
+    out[:, 3] = y
+    return out
+
+
+def sparse_to_dense(rows: np.ndarray, frame_shape: Sequence[int], *, path: str | os.PathLike = "<array>") -> np.ndarray:
+    """``[N, 4]`` rows ``(t, p, x, y)`` -> bool ``[T, 2, H, W]``; out-of-range rows raise NpzFormatError."""
+    rows = np.asarray(rows)
+    T, H, W = (int(v) for v in frame_shape)
+    if rows.ndim != 2 or rows.shape[1] != 4:
+        raise NpzFormatError(f"{path}: sparse events must be an [N, 4] matrix (t, p, x, y), got shape {rows.shape}")
+    if not np.issubdtype(rows.dtype, np.integer):
+        raise NpzFormatError(f"{path}: sparse events must be integers, got dtype {rows.dtype}")
+    dense = np.zeros((T, 2, H, W), dtype=bool)
+    if rows.shape[0] == 0:
+        return dense
+    rows = rows.astype(np.int64, copy=False)
+    t, p, x, y = rows[:, 0], rows[:, 1], rows[:, 2], rows[:, 3]
+    for name, col, limit in (("t", t, T), ("p", p, 2), ("x", x, W), ("y", y, H)):
+        lo, hi = int(col.min()), int(col.max())
+        if lo < 0 or hi >= limit:
+            raise NpzFormatError(
+                f"{path}: sparse column {name} has values in [{lo}, {hi}] but the frame shape (T, H, W) = "
+                f"{(T, H, W)} allows 0..{limit - 1}; pass the right --timesteps/--size for this dataset"
+            )
+    dense[t, 1 - p, y, x] = True
+    return dense
+
+
+# --------------------------------------------------------------------------------------------------
+# single files
+# --------------------------------------------------------------------------------------------------
+def _read_npy_header(zf: zipfile.ZipFile, key: str, path) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        with zf.open(f"{key}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version == (1, 0):
+                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
+            else:
+                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+    except KeyError:
+        raise NpzFormatError(f"{path}: no array '{key}' in the npz (has {zf.namelist()})") from None
+    return tuple(int(s) for s in shape), np.dtype(dtype)
+
+
+def read_npz_info(path: str | os.PathLike) -> NpzInfo:
+    """Format, shape and dtype of ``arr_0`` from the file's headers (cheap: no decompression of events).
+
+    Raises NpzFormatError for a file that is not a complete npz (a truncated file has no zip directory).
+    """
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            shape, dtype = _read_npy_header(zf, "arr_0", path)
+            frame_shape = None
+            if f"{SHAPE_KEY}.npy" in zf.namelist():
+                with zf.open(f"{SHAPE_KEY}.npy") as f:
+                    stored = np.lib.format.read_array(f)
+                if stored.shape != (3,):
+                    raise NpzFormatError(f"{path}: '{SHAPE_KEY}' must hold [T, H, W], got {stored!r}")
+                frame_shape = tuple(int(v) for v in stored)
+    except FileNotFoundError:
+        raise NpzFormatError(f"{path}: file not found") from None
+    except NpzFormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
+        raise NpzFormatError(
+            f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); it is corrupt or truncated - "
+            "delete it and export/download it again"
+        ) from exc
+    if len(shape) == 4 and shape[1] == 2:
+        return NpzInfo("dense", shape, dtype, (shape[0], shape[2], shape[3]))
+    if len(shape) == 2 and shape[1] == 4:
+        return NpzInfo("sparse", shape, dtype, frame_shape)
+    raise NpzFormatError(
+        f"{path}: arr_0 has shape {shape}; expected dense [T, 2, H, W] or sparse [N, 4] (t, p, x, y) events"
+    )
+
+
+def load_events(
+    path: str | os.PathLike,
+    frame_shape: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Events of one file as bool ``[T, 2, H, W]`` (dense or sparse).
+
+    ``frame_shape`` (T, H, W) is needed for a sparse file that does not store its shape; for a file that
+    stores it, a given ``frame_shape`` overrides it.
+    """
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if "arr_0" not in data.files:
+                raise NpzFormatError(f"{path}: no array 'arr_0' in the npz (has {data.files}); not an I2E event file")
+            arr = data["arr_0"]
+            stored = data[SHAPE_KEY] if SHAPE_KEY in data.files else None
+    except FileNotFoundError:
+        raise NpzFormatError(f"{path}: file not found") from None
+    except NpzFormatError:
+        raise
+    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, KeyError) as exc:
+        raise NpzFormatError(
+            f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); it is corrupt or truncated - "
+            "delete it and export/download it again"
+        ) from exc
+    if arr.ndim == 4 and arr.shape[1] == 2:
+        if arr.dtype != np.bool_:
+            if not np.issubdtype(arr.dtype, np.integer):
+                raise NpzFormatError(f"{path}: dense events must be bool (or 0/1 integers), got dtype {arr.dtype}")
+            arr = arr != 0
+        return arr
+    if arr.ndim == 2 and arr.shape[1] == 4:
+        if frame_shape is None:
+            if stored is None:
+                raise NpzFormatError(
+                    f"{path}: sparse events without a stored frame shape; give timesteps and size "
+                    "(e.g. --timesteps 8 --size 224)"
+                )
+            frame_shape = stored
+        return sparse_to_dense(arr, frame_shape, path=path)
+    raise NpzFormatError(
+        f"{path}: arr_0 has shape {arr.shape}; expected dense [T, 2, H, W] or sparse [N, 4] (t, p, x, y) events"
+    )
+
+
+def write_npz(fileobj, events: np.ndarray, fmt: str) -> None:
+    """Write one sample to an open binary file: dense ``arr_0`` bool, or sparse ``arr_0`` + ``shape``."""
+    events = np.asarray(events)
+    if events.dtype != np.bool_:
+        events = events != 0
+    if fmt == "dense":
+        np.savez_compressed(fileobj, events)
+    elif fmt == "sparse":
+        T, _, H, W = events.shape
+        # arr_0 first in the archive: readers that take the first member still get the events.
+        arrays = {"arr_0": dense_to_sparse(events), SHAPE_KEY: np.array([T, H, W], dtype=np.int32)}
+        np.savez_compressed(fileobj, **arrays)
+    else:
+        raise ValueError(f"format must be 'dense' or 'sparse', got {fmt!r}")
+
+
+def read_meta(root: str | os.PathLike) -> dict | None:
+    """The export's ``i2e_meta.json`` for a split folder (looked up in the folder, then its parent)."""
+    root = Path(root)
+    for folder in (root, root.parent):
+        meta = folder / META_NAME
+        if meta.is_file():
+            try:
+                return json.loads(meta.read_text())
+            except (OSError, json.JSONDecodeError) as exc:
+                raise NpzFormatError(f"{meta}: unreadable metadata ({exc}); delete it or fix the JSON") from exc
+    return None
+
+
+# --------------------------------------------------------------------------------------------------
+# datasets
+# --------------------------------------------------------------------------------------------------
+def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
+    if not root.is_dir():
+        raise FileNotFoundError(f"event dataset folder {root} does not exist (expected <split>/<class>/<name>.npz)")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    if not classes:
+        raise FileNotFoundError(f"{root} has no class folders; expected {root}/<class>/<name>.npz")
+    samples: list[tuple[Path, int]] = []
+    empty = []
+    for label, name in enumerate(classes):
+        files = sorted(p for p in (root / name).iterdir() if p.suffix == ".npz" and p.is_file() and not p.name.startswith("."))
+        if not files:
+            empty.append(name)
+        samples.extend((p, label) for p in files)
+    if empty:
+        raise FileNotFoundError(
+            f"{root}: class folder(s) without .npz files: {', '.join(empty[:5])}{' ...' if len(empty) > 5 else ''}; "
+            "remove them or finish the export (class indices must match across splits)"
+        )
+    return classes, samples
+
+
+class NpzEventDataset(Dataset):
+    """A split folder ``<root>/<class>/<name>.npz`` of dense or sparse I2E event files.
+
+    Items are ``(frames bool tensor [T, 2, H, W], label int)``. ``timesteps`` keeps the first T frames
+    (the first T groups of the conversion order, as the live conversion would produce); ``size`` (an
+    int or (H, W)) is only needed for sparse files that carry no shape.
+    """
+
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        timesteps: int | None = None,
+        size: int | Sequence[int] | None = None,
+    ):
+        self.root = Path(root)
+        self.classes, self.samples = _scan(self.root)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [label for _, label in self.samples]
+        first = self.samples[0][0]
+        info = read_npz_info(first)
+        self.format = info.format
+        if size is not None:
+            hw = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
+            if len(hw) != 2 or min(hw) < 1:
+                raise ValueError(f"size must be an int or (H, W), got {size!r}")
+        else:
+            hw = None
+        if timesteps is not None and (isinstance(timesteps, bool) or not isinstance(timesteps, int) or timesteps < 1):
+            raise ValueError(f"timesteps must be a positive int, got {timesteps!r}")
+        # Where the frame shape comes from, most to least authoritative: the file itself (dense shape,
+        # or the 'shape' array the exporter stores), the split's i2e_meta.json, the caller, a guess.
+        stored = info.frame_shape
+        if stored is None:
+            meta = read_meta(self.root)
+            if meta is not None and {"timesteps", "height", "width"} <= meta.keys():
+                stored = (int(meta["timesteps"]), int(meta["height"]), int(meta["width"]))
+        if stored is None:
+            stored = (timesteps, *hw) if timesteps is not None and hw is not None else self._infer_sparse_shape(timesteps, hw)
+        if hw is not None and hw != tuple(stored[1:]):
+            raise ValueError(f"{first}: frames are {stored[1]}x{stored[2]} but size={hw[0]}x{hw[1]} was requested")
+        if timesteps is not None and timesteps > stored[0]:
+            raise ValueError(
+                f"{self.root}: files hold T={stored[0]} timesteps but timesteps={timesteps} was requested; "
+                f"use --timesteps {stored[0]} or less"
+            )
+        self.stored_shape = tuple(int(v) for v in stored)  # (T, H, W) as in the files
+        self.timesteps = timesteps or self.stored_shape[0]  # first T frames are served
+        self.frame_shape = (self.timesteps, self.stored_shape[1], self.stored_shape[2])
+
+    def _infer_sparse_shape(self, timesteps, hw) -> tuple[int, int, int]:
+        # The authors' sparse files hold only the matrix: look at a spread of files for the largest
+        # t, x and y, and assume the standard sizes they could have come from.
+        step = max(1, len(self.samples) // _INFER_FILES)
+        tmax = xmax = ymax = 0
+        for path, _ in self.samples[::step][:_INFER_FILES]:
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    rows = data["arr_0"]
+            except Exception as exc:  # noqa: BLE001 - re-raised with the file named
+                raise NpzFormatError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc})") from exc
+            if rows.size:
+                tmax = max(tmax, int(rows[:, 0].max()))
+                xmax = max(xmax, int(rows[:, 2].max()))
+                ymax = max(ymax, int(rows[:, 3].max()))
+        t = timesteps or (8 if tmax < 8 else tmax + 1)
+        if hw is None:
+            side = max(xmax, ymax) + 1
+            guess = next((s for s in _KNOWN_SIZES if side <= s), side)
+            hw = (guess, guess)
+        warnings.warn(
+            f"{self.root}: sparse files carry no frame shape; assuming T={t}, H x W = {hw[0]} x {hw[1]} "
+            f"(largest t, x, y seen: {tmax}, {xmax}, {ymax}). Pass --timesteps and --size to be explicit.",
+            stacklevel=3,
+        )
+        return (t, *hw)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int):
+        path, label = self.samples[index]
+        events = load_events(path, self.stored_shape if self.format == "sparse" else None)
+        if events.shape != (self.stored_shape[0], 2, *self.stored_shape[1:]):
+            raise NpzFormatError(
+                f"{path}: events have shape {list(events.shape)} but this split's frames are "
+                f"[T={self.stored_shape[0]}, 2, {self.stored_shape[1]}, {self.stored_shape[2]}]; all files of a split must match"
+            )
+        return torch.from_numpy(events[: self.timesteps]), label
+
+
+def _split_folder(root: Path, names: Sequence[str]) -> Path:
+    for name in names:
+        if (root / name).is_dir():
+            return root / name
+    raise FileNotFoundError(
+        f"{root} has no {' or '.join(repr(n + '/') for n in names)} folder; an exported I2E dataset has "
+        f"{root}/train/<class>/*.npz and {root}/val/<class>/*.npz"
+    )
+
+
+def build_loaders(args):
+    """(train_loader, val_loader) FrameLoaders over ``args.data``/train and ``args.data``/val (or test/).
+
+    Reads ``args.data``, ``args.batch_size``, ``args.timesteps``, ``args.seed``, ``args.workers``,
+    ``args.device`` and, when present, ``args.size`` (for sparse files without a stored shape).
+    """
+    from .frame_loader import FrameLoader
+
+    if getattr(args, "data", None) is None:
+        raise ValueError("--data is required for --dataset i2e-npz: the folder holding train/ and val/")
+    root = Path(args.data).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"--data {root} does not exist")
+    size = getattr(args, "size", None)
+    timesteps = getattr(args, "timesteps", None)
+    train_set = NpzEventDataset(_split_folder(root, ("train",)), timesteps=timesteps, size=size)
+    val_set = NpzEventDataset(_split_folder(root, ("val", "test")), timesteps=timesteps, size=size)
+    if train_set.classes != val_set.classes:
+        only_train = sorted(set(train_set.classes) - set(val_set.classes))
+        only_val = sorted(set(val_set.classes) - set(train_set.classes))
+        raise ValueError(
+            f"{root}: train/ and val/ have different class folders (only in train: {only_train[:5]}, only in "
+            f"val: {only_val[:5]}); class indices would not match"
+        )
+    if train_set.frame_shape != val_set.frame_shape:
+        raise ValueError(f"{root}: train frames {train_set.frame_shape} differ from val frames {val_set.frame_shape}")
+    common = dict(
+        device=getattr(args, "device", "auto") or "auto",
+        seed=getattr(args, "seed", 2024),
+        num_workers=getattr(args, "workers", None),
+    )
+    train = FrameLoader(train_set, args.batch_size, train=True, **common)
+    val = FrameLoader(val_set, args.batch_size, train=False, **common)
+    return train, val
