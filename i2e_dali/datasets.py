@@ -1,0 +1,363 @@
+"""Discover and validate image data sets: ImageNet-style class folders and the CIFAR python batches.
+
+A *source* is a plain description of a split: ``samples`` (list of ``(path-or-stem, label)``),
+``classes`` (names, index = label), and the paper's defaults for it (``default_ratio``, sizes).
+The DALI pipelines (``pipelines/``) read what a source lists; ``i2e_dali.loader.EventLoader`` joins
+the two. Problems that are cheap to find (missing folders, empty classes, non-image files, zero-byte
+files, missing CIFAR batches) are refused here, before DALI starts, with an error that names the
+file or folder and says what to do; files that only a decoder can reject are found by ``i2e-check``.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+__all__ = [
+    "DatasetError",
+    "MissingDataError",
+    "UndecodableImageError",
+    "IMAGE_EXTENSIONS",
+    "FolderScan",
+    "scan_image_folder",
+    "ImageFolderSource",
+    "CifarSource",
+    "open_source",
+    "DATASETS",
+]
+
+# Formats DALI's image decoders read (by content, so a PNG named .JPEG still decodes).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
+                    ".jp2", ".j2k")
+DATASETS = ("imagenet", "folder", "cifar10", "cifar100")
+_MAX_LISTED = 20  # files named in one error message; the rest are counted
+
+
+class DatasetError(ValueError):
+    """A data set on disk is not usable as it is; the message says which file/folder and what to do."""
+
+
+class MissingDataError(DatasetError, FileNotFoundError):
+    """A folder or file the data set needs does not exist."""
+
+
+class UndecodableImageError(DatasetError, RuntimeError):
+    """DALI could not decode an image (raised by the loader; ``i2e-check`` lists every such file)."""
+
+
+def _listing(paths: Iterable, limit: int = _MAX_LISTED) -> str:
+    paths = [str(p) for p in paths]
+    shown = "\n  ".join(paths[:limit])
+    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
+    return f"\n  {shown}{more}"
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageNet-style folders
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class FolderScan:
+    """What a walk over ``root/<class>/...`` found. Hidden files (``.DS_Store`` ...) are ignored."""
+
+    root: Path
+    classes: list[str] = field(default_factory=list)
+    samples: list[tuple[str, int]] = field(default_factory=list)
+    not_images: list[Path] = field(default_factory=list)  # extension DALI does not decode
+    empty_files: list[Path] = field(default_factory=list)  # zero bytes
+    empty_classes: list[Path] = field(default_factory=list)  # class folder without one image
+    stray_files: list[Path] = field(default_factory=list)  # files directly in root (not in a class)
+
+    @property
+    def bad_files(self) -> list[Path]:
+        return self.not_images + self.empty_files
+
+
+def scan_image_folder(root: str | os.PathLike, *, progress: bool | None = None) -> FolderScan:
+    """Walk ``root/<class>/**`` (sorted, following links) without opening any image.
+
+    Classes are the sorted names of root's sub-folders (torchvision's ImageFolder rule); images in
+    nested folders below a class belong to it.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise MissingDataError(f"data folder {root} does not exist; pass the folder that holds one sub-folder per class")
+    if not root.is_dir():
+        raise DatasetError(f"{root} is a file, not a folder; pass the folder that holds one sub-folder per class")
+    scan = FolderScan(root=root)
+    entries = sorted(os.scandir(root), key=lambda e: e.name)
+    scan.classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
+    scan.stray_files = [Path(e.path) for e in entries if e.is_file() and not e.name.startswith(".")]
+    bar = tqdm(scan.classes, desc=f"scanning {root.name}", unit="class", disable=True if progress is False else None,
+               leave=False)
+    for label, name in enumerate(bar):
+        found = 0
+        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+            for fname in sorted(filenames):
+                if fname.startswith("."):
+                    continue
+                path = os.path.join(dirpath, fname)
+                if not fname.lower().endswith(IMAGE_EXTENSIONS):
+                    scan.not_images.append(Path(path))
+                    continue
+                try:
+                    size = os.stat(path).st_size
+                except OSError:  # dangling link or unreadable entry: DALI could not read it either
+                    scan.empty_files.append(Path(path))
+                    continue
+                if size == 0:
+                    scan.empty_files.append(Path(path))
+                    continue
+                scan.samples.append((path, label))
+                found += 1
+        if found == 0:
+            scan.empty_classes.append(root / name)
+    return scan
+
+
+class ImageFolderSource:
+    """One split in the ImageNet layout: ``root/<class>/<image>``; label = index of the sorted class name.
+
+    Refuses (``DatasetError`` naming the files) class folders holding non-image or zero-byte files,
+    and empty class folders, unless ``skip_invalid=True`` (leave such files out) or
+    ``allow_empty_classes=True`` (keep the class index, with no images). Undecodable images with an
+    image extension cannot be found without decoding: run ``i2e-check ROOT`` for those.
+    """
+
+    kind = "folder"
+    default_ratio = 0.12
+    default_crop_size = 224
+    default_resize_size = 256
+
+    def __init__(self, root: str | os.PathLike, *, skip_invalid: bool = False, allow_empty_classes: bool = False,
+                 progress: bool | None = None):
+        scan = scan_image_folder(root, progress=progress)
+        self.root = scan.root
+        if not scan.classes:
+            hint = (
+                f" It holds {len(scan.stray_files)} files directly; move them into one sub-folder per class."
+                if scan.stray_files else ""
+            )
+            raise DatasetError(
+                f"{self.root} has no class sub-folders. Expected the ImageNet layout {self.root}/<class>/<image>."
+                + hint
+            )
+        if scan.bad_files and not skip_invalid:
+            parts = []
+            if scan.not_images:
+                parts.append(f"{len(scan.not_images)} file(s) that are not images (by extension; DALI reads "
+                             f"{', '.join(IMAGE_EXTENSIONS)}):" + _listing(scan.not_images))
+            if scan.empty_files:
+                parts.append(f"{len(scan.empty_files)} empty (zero-byte) or unreadable file(s):"
+                             + _listing(scan.empty_files))
+            raise DatasetError(
+                f"{self.root} contains files the loader cannot use:\n" + "\n".join(parts)
+                + "\nRemove or replace them (or pass skip_invalid=True to leave them out), then run "
+                f"`i2e-check {self.root}` to find images that do not decode."
+            )
+        if scan.empty_classes and not allow_empty_classes:
+            raise DatasetError(
+                f"{len(scan.empty_classes)} class folder(s) in {self.root} hold no images:"
+                + _listing(scan.empty_classes)
+                + "\nAdd images or delete the folder(s) (class indices follow the sorted folder names, so train "
+                "and val must have the same classes), or pass allow_empty_classes=True."
+            )
+        self.classes: list[str] = scan.classes
+        self.samples: list[tuple[str, int]] = scan.samples
+        self.skipped: list[Path] = scan.bad_files
+        if not self.samples:
+            raise DatasetError(f"{self.root} holds no images; expected {self.root}/<class>/<image>.JPEG")
+
+    @property
+    def class_to_idx(self) -> dict[str, int]:
+        return {c: i for i, c in enumerate(self.classes)}
+
+    @property
+    def files(self) -> list[str]:
+        return [p for p, _ in self.samples]
+
+    @property
+    def labels(self) -> list[int]:
+        return [lab for _, lab in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        return f"ImageFolderSource({str(self.root)!r}, {len(self.samples)} images, {len(self.classes)} classes)"
+
+
+# --------------------------------------------------------------------------------------------------
+# CIFAR-10 / CIFAR-100 python batches
+# --------------------------------------------------------------------------------------------------
+_CIFAR = {
+    "cifar10": {
+        "folder": "cifar-10-batches-py",
+        "train": [f"data_batch_{i}" for i in range(1, 6)],
+        "test": ["test_batch"],
+        "meta": ("batches.meta", b"label_names"),
+        "labels": b"labels",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+    },
+    "cifar100": {
+        "folder": "cifar-100-python",
+        "train": ["train"],
+        "test": ["test"],
+        "meta": ("meta", b"fine_label_names"),
+        "labels": b"fine_labels",
+        "url": "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz",
+    },
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """The CIFAR batches are pickles; only let them rebuild plain containers and numpy arrays, so a
+    tampered file cannot run code."""
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("_codecs", "encode"),
+    }
+
+    def find_class(self, module, name):
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
+
+
+def _load_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            return _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+        raise DatasetError(
+            f"{path} is not a readable CIFAR python batch ({exc}); re-download and unpack the data set"
+        ) from exc
+
+
+def resolve_cifar_root(root: str | os.PathLike, variant: str) -> Path:
+    """The folder holding the batches: ``root`` itself or its ``cifar-10-batches-py`` /
+    ``cifar-100-python`` child."""
+    if variant not in _CIFAR:
+        raise ValueError(f"variant must be one of {tuple(_CIFAR)}, got {variant!r}")
+    spec = _CIFAR[variant]
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MissingDataError(
+            f"CIFAR folder {root} does not exist; download {spec['url']} and unpack it there"
+        )
+    probe = spec["train"][0]
+    if (root / probe).exists() or (root / spec["test"][0]).exists():
+        return root
+    if (root / spec["folder"]).is_dir():
+        return root / spec["folder"]
+    other = "cifar100" if variant == "cifar10" else "cifar10"
+    if (root / _CIFAR[other]["folder"]).is_dir() or (root / _CIFAR[other]["train"][0]).exists():
+        raise DatasetError(f"{root} holds {other}, not {variant}; pass --dataset {other} or the right folder")
+    return root  # the per-file check below names what is missing
+
+
+class CifarSource:
+    """CIFAR-10/100 split from the official python batches (``data_batch_1..5``/``test_batch``, or
+    CIFAR-100's ``train``/``test`` with fine labels).
+
+    ``images`` is uint8 ``[N, 32, 32, 3]`` (HWC, what the DALI graph consumes); ``samples`` holds
+    ``(stem, label)`` with the file stem stored in the batches (e.g. ``"leptodactylus_pentadactylus_s_000004"``).
+    """
+
+    kind = "cifar"
+    default_ratio = 0.07
+    default_crop_size = 32
+    default_out_size = 128
+
+    def __init__(self, root: str | os.PathLike, train: bool, variant: str = "cifar10"):
+        self.variant = variant
+        self.root = resolve_cifar_root(root, variant)
+        self.train = bool(train)
+        spec = _CIFAR[variant]
+        names = spec["train"] if train else spec["test"]
+        wanted = names + [spec["meta"][0]]
+        missing = [n for n in wanted if not (self.root / n).is_file()]
+        if missing:
+            raise MissingDataError(
+                f"CIFAR folder {self.root} lacks {', '.join(missing)} (expected {', '.join(wanted)}). "
+                f"Re-download {spec['url']} and unpack it completely."
+            )
+        meta = _load_pickle(self.root / spec["meta"][0])
+        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec["meta"][1]]]
+        images, labels, stems = [], [], []
+        for name in names:
+            batch = _load_pickle(self.root / name)
+            try:
+                data = np.asarray(batch[b"data"], dtype=np.uint8)
+                lab = np.asarray(batch[spec["labels"]], dtype=np.int64)
+                files = batch.get(b"filenames", [f"{name}_{i:05d}".encode() for i in range(len(lab))])
+            except KeyError as exc:
+                raise DatasetError(f"{self.root / name} lacks the field {exc}; is it a {variant} batch?") from exc
+            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != data.shape[0]:
+                raise DatasetError(
+                    f"{self.root / name}: expected data [N, 3072] with N labels, got {data.shape} and {len(lab)}"
+                )
+            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            labels.append(lab)
+            stems += [os.path.splitext(f.decode() if isinstance(f, bytes) else str(f))[0] for f in files]
+        self.images = np.ascontiguousarray(np.concatenate(images))
+        self.label_array = np.concatenate(labels)
+        if self.label_array.min() < 0 or self.label_array.max() >= len(self.classes):
+            raise DatasetError(f"{self.root}: labels outside 0..{len(self.classes) - 1}")
+        self.samples = list(zip(stems, self.label_array.tolist()))
+
+    @property
+    def labels(self) -> list[int]:
+        return self.label_array.tolist()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __repr__(self) -> str:
+        split = "train" if self.train else "test"
+        return f"CifarSource({str(self.root)!r}, {split}, {self.variant}, {len(self.samples)} images)"
+
+
+# --------------------------------------------------------------------------------------------------
+def open_source(data_root: str | os.PathLike, split: str, dataset: str = "imagenet", **kwargs):
+    """The source for ``split`` ("train" or "val") of ``dataset``.
+
+    - imagenet / folder: ``<data_root>/train`` and ``<data_root>/val`` in the class-folder layout;
+    - cifar10 / cifar100: ``data_root`` is the folder with the batches or its parent; "val" is the
+      official test split.
+    ``kwargs`` go to the source (e.g. ``skip_invalid=True`` for folders).
+    """
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if dataset not in DATASETS:
+        raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    root = Path(data_root).expanduser()
+    if dataset in ("cifar10", "cifar100"):
+        return CifarSource(root, train=split == "train", variant=dataset, **kwargs)
+    if not root.is_dir():
+        raise MissingDataError(f"data folder {root} does not exist (expected {root}/train and {root}/val)")
+    path = root / split
+    if not path.is_dir():
+        present = sorted(p.name for p in root.iterdir() if p.is_dir())
+        hint = ""
+        if split == "val" and (root / "validation").is_dir():
+            hint = f" Found {root}/validation: rename it to val."
+        elif present and split == "train" and not (root / "val").is_dir():
+            hint = (f" {root} itself looks like a class folder set ({len(present)} sub-folders); "
+                    f"put it under {root}/train and the validation images under {root}/val.")
+        raise MissingDataError(
+            f"{path} does not exist. An ImageNet-style data set needs {root}/train/<class>/<image> and "
+            f"{root}/val/<class>/<image> with the same class folders.{hint}"
+        )
+    return ImageFolderSource(path, **kwargs)

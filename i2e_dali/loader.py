@@ -1,0 +1,402 @@
+"""EventLoader: DALI decodes and augments, torch converts to events on the same device and stream.
+
+    loader = EventLoader(ImageFolderSource("/imagenet/train"), 128, train=True)
+    for events, labels in loader:          # events [T, B, 2, H, W], labels [B] int64, on the device
+        ...
+
+Stream contract (GPU): DALI's PyTorch iterator hands its GPU outputs to torch on
+``torch.cuda.current_stream()`` at ``next()`` — with DALI's dynamic executor as DLPack views whose
+readiness is waited for on that stream, with the older executor as a copy queued on it. The
+conversion (``i2e_convert``, the fused kernel on CUDA) is queued right after, on the same current
+stream, and so is the label lookup. Nothing is copied to the host and nothing synchronises the
+device: the yielded tensors are ready *in stream order* on the stream that was current when the
+loop asked for the batch. Consume them on that stream (the normal case), or make another stream
+``wait_stream`` on it first. ``with torch.cuda.stream(s): for ev, lab in loader:`` works: the
+hand-off then happens on ``s``.
+
+Epochs: one pass over the loader is one epoch; training reshuffles every epoch (a fresh global
+permutation shared by all shards) and drops the last partial batch (all ranks yield ``len()``
+batches); evaluation keeps the last batch, trimmed, so every sample of the data set is yielded
+exactly once across all ranks. Breaking out of a pass and iterating again continues the same epoch
+(DALI cannot rewind); ``reset()`` abandons the rest of the epoch. ``state_dict()`` /
+``load_state_dict()`` use DALI's checkpointing (reader position, random crops and flips) plus the
+conversion's generator, so a restored loader yields exactly the batches the saved one would have.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from .datasets import CifarSource, DatasetError, ImageFolderSource, UndecodableImageError
+from .i2e import i2e_convert, parse_order
+
+__all__ = ["EventLoader", "resolve_device", "default_shard"]
+
+_STATE_VERSION = 1
+
+
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """"auto" -> the current CUDA device if torch sees one, else the CPU."""
+    if isinstance(device, str) and device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {device} requested but torch sees no CUDA GPU; use device='cpu'")
+        if device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+    elif device.type != "cpu":
+        raise ValueError(f"device must be 'auto', 'cpu' or a CUDA device, got {device}")
+    return device
+
+
+def default_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
+    """(shard_id, num_shards): explicit values, else (rank, world size) under torch.distributed, else (0, 1)."""
+    dist = torch.distributed
+    if shard_id is None and num_shards is None and dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    num_shards = 1 if num_shards is None else int(num_shards)
+    shard_id = 0 if shard_id is None else int(shard_id)
+    if num_shards < 1 or not 0 <= shard_id < num_shards:
+        raise ValueError(f"need 0 <= shard_id < num_shards, got shard_id={shard_id}, num_shards={num_shards}")
+    return shard_id, num_shards
+
+
+def _default_threads(gpu: bool) -> int:
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cores = os.cpu_count() or 1
+    # Ranks on one node share its cores (torchrun sets LOCAL_WORLD_SIZE).
+    per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    # A GPU pipeline only needs CPU threads for reading and the decoder's host stage.
+    return min(per_rank, 8) if gpu else per_rank
+
+
+# DALI names the failing sample's source in some errors ("Failed to decode sample #3 : /x/y.JPEG",
+# "File mapping failed: /x/y.JPEG"), not in all (e.g. "nvImageCodec failure: '#4'").
+_PATH_PATTERNS = (
+    re.compile(r"sample #\d+\s*:\s*(\S+)"),
+    re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
+)
+_DALI_DATA_ERRORS = ("decod", "nvImageCodec", "File mapping", "open file", "jpeg", "image", "Reader")
+
+
+class EventLoader:
+    """Iterate ``(events [T,B,2,H,W], labels [B] int64)`` (plus ``indices [B]`` with ``with_index``).
+
+    Args:
+        source: ``ImageFolderSource`` / ``CifarSource`` (or what ``open_source`` returns).
+        batch_size: images per batch on this rank.
+        train: training views + random motions, shuffled, last partial batch dropped; else the
+            evaluation view, file order, every sample exactly once across ranks.
+        ratio: threshold ratio; None = the source's default (0.12 ImageNet, 0.07 CIFAR).
+        timesteps, order, per_sample, dtype, impl: passed to ``i2e_convert``.
+        device: "auto" (CUDA if available), "cpu", "cuda[:i]": where events and labels live.
+        decode: "auto" (GPU when ``device`` is CUDA), "gpu" ("mixed" decoder + GPU ops) or "cpu".
+        shard_id, num_shards: this rank's shard; default (rank, world) under torch.distributed.
+        seed: reader permutation, DALI's random crops/flips (per shard) and the motion draws.
+        num_threads: DALI CPU threads (default: this rank's share of the cores; at most 8 with GPU decode).
+        with_index: also yield int64 indices into ``source.samples`` (which file each map came from).
+        eval_view: folder evaluation view, "crop" (resize 256 + centre crop 224) or "resize"
+            (straight to crop_size x crop_size, the authors' train-set export view).
+        crop_size, resize_size: folder view sizes (default 224 / 256); out_size: CIFAR (default 128).
+        prefetch_queue_depth, hw_decoder_load: DALI throughput knobs (see pipelines/folder.py).
+    """
+
+    def __init__(
+        self,
+        source,
+        batch_size: int,
+        *,
+        train: bool,
+        ratio: float | None = None,
+        timesteps: int = 8,
+        order: Sequence[int] | str | None = None,
+        per_sample: bool = True,
+        dtype: torch.dtype = torch.float32,
+        device: str | torch.device = "auto",
+        shard_id: int | None = None,
+        num_shards: int | None = None,
+        seed: int = 2024,
+        num_threads: int | None = None,
+        with_index: bool = False,
+        eval_view: str = "crop",
+        crop_size: int | None = None,
+        resize_size: int | None = None,
+        out_size: int | None = None,
+        decode: str = "auto",
+        prefetch_queue_depth: int = 2,
+        hw_decoder_load: float = 0.65,
+        impl: str = "auto",
+    ):
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+        if not isinstance(source, (ImageFolderSource, CifarSource)):
+            raise TypeError(
+                f"source must be an ImageFolderSource or CifarSource (see i2e_dali.datasets.open_source), "
+                f"got {type(source).__name__}"
+            )
+        if eval_view not in ("crop", "resize"):
+            raise ValueError(f"eval_view must be 'crop' or 'resize', got {eval_view!r}")
+        self.source = source
+        self.batch_size = batch_size
+        self.train = bool(train)
+        self.ratio = float(source.default_ratio if ratio is None else ratio)
+        self.timesteps = timesteps
+        self.order = parse_order(order, timesteps)  # validates early, before DALI starts
+        self.per_sample = per_sample
+        self.dtype = dtype
+        self.impl = impl
+        self.with_index = bool(with_index)
+        self.eval_view = eval_view
+        self.seed = int(seed)
+        self.device = resolve_device(device)
+        if decode == "auto":
+            decode = "gpu" if self.device.type == "cuda" else "cpu"
+        if decode not in ("gpu", "cpu"):
+            raise ValueError(f"decode must be 'auto', 'gpu' or 'cpu', got {decode!r}")
+        if decode == "gpu" and self.device.type != "cuda":
+            raise ValueError("decode='gpu' needs a CUDA device; pass device='cuda' or decode='cpu'")
+        self.decode = decode
+        self.shard_id, self.num_shards = default_shard(shard_id, num_shards)
+        self.num_threads = int(num_threads) if num_threads is not None else _default_threads(decode == "gpu")
+        self.prefetch_queue_depth = int(prefetch_queue_depth)
+        self.hw_decoder_load = float(hw_decoder_load)
+
+        self.class_names: list[str] = list(source.classes)
+        self.num_classes = len(self.class_names)
+        self.total_samples = len(source.samples)
+        self.kind = source.kind
+        if self.kind == "folder":
+            self.crop_size = int(crop_size or source.default_crop_size)
+            self.resize_size = int(resize_size or source.default_resize_size)
+            self.image_size = (self.crop_size, self.crop_size)
+        else:
+            self.out_size = int(out_size or source.default_out_size)
+            self.image_size = (self.out_size, self.out_size)
+
+        # Which samples this rank reads, in the order handed to DALI.
+        n, s = self.total_samples, self.num_shards
+        if self.train:
+            shard = n // s  # equal shards (DALI's per-epoch shuffle needs them); <= s-1 samples left out
+            self._batches = shard // batch_size
+            if self._batches == 0:
+                raise ValueError(
+                    f"batch_size {batch_size} is larger than this rank's share of the training set "
+                    f"({shard} of {n} images over {s} shard(s)); lower the batch size"
+                )
+            self.num_samples = self._batches * batch_size
+        else:
+            lo, hi = (self.shard_id * n) // s, ((self.shard_id + 1) * n) // s
+            self._eval_range = (lo, hi)
+            self.num_samples = hi - lo
+            self._batches = math.ceil(self.num_samples / batch_size)
+
+        self._labels = torch.as_tensor([lab for _, lab in source.samples], dtype=torch.int64, device=self.device)
+        self._generator = None
+        if self.train:
+            self._generator = torch.Generator(device=self.device)
+            self._generator.manual_seed(self.seed * 1000 + self.shard_id)
+        self.epoch = 0
+        self._in_epoch = False  # some batches of the current epoch were consumed
+        self._iterator = None
+        self._pipe = None
+        if self._batches > 0:
+            self._build(checkpoint=None)
+
+    # ----------------------------------------------------------------------------------------------
+    # building the DALI side
+    # ----------------------------------------------------------------------------------------------
+    def _device_id(self) -> int | None:
+        return self.device.index if self.decode == "gpu" else None
+
+    def _build(self, checkpoint: str | None) -> None:
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+
+        self._iterator = None
+        self._pipe = None
+        if self.kind == "folder":
+            from pipelines.folder import READER_NAME, FolderPipelineConfig, build_folder_pipeline
+
+            files = self.source.files
+            if self.train:
+                # Seeded base order (DALI's per-epoch shuffle is seeded by the epoch only), trimmed
+                # to equal shards; DALI shards this list.
+                order = np.random.default_rng(self.seed).permutation(self.total_samples)
+                order = order[: (self.total_samples // self.num_shards) * self.num_shards]
+                shard_id, num_shards = self.shard_id, self.num_shards
+            else:
+                # Each rank reads exactly its own contiguous range; no padding reaches the user.
+                order = np.arange(*self._eval_range)
+                shard_id, num_shards = 0, 1
+            cfg = FolderPipelineConfig(
+                train=self.train, batch_size=self.batch_size, crop_size=self.crop_size,
+                resize_size=self.resize_size, eval_view=self.eval_view, device_id=self._device_id(),
+                num_threads=self.num_threads, seed=self.seed, shard_id=shard_id, num_shards=num_shards,
+                prefetch_queue_depth=self.prefetch_queue_depth, hw_decoder_load=self.hw_decoder_load,
+            )
+            # The DALI seed differs per rank through shard_id; for eval (shard 0 of 1 everywhere) the
+            # views are deterministic, so that does not matter.
+            if not self.train:
+                cfg.seed = self.seed + 1000 * self.shard_id
+            pipe = build_folder_pipeline([files[i] for i in order], [int(i) for i in order], cfg, checkpoint)
+            make = lambda: DALIGenericIterator(  # noqa: E731
+                pipe, ["images", "ids"], reader_name=READER_NAME,
+                last_batch_policy=LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL,
+                auto_reset=False,
+            )
+        else:
+            from pipelines.cifar import CifarFeed, CifarPipelineConfig, build_cifar_pipeline
+
+            feed = CifarFeed(self.source.images, self.batch_size, train=self.train, shard_id=self.shard_id,
+                             num_shards=self.num_shards, seed=self.seed)
+            cfg = CifarPipelineConfig(
+                train=self.train, batch_size=self.batch_size, out_size=self.out_size,
+                device_id=self._device_id(), num_threads=self.num_threads, seed=self.seed,
+                shard_id=self.shard_id, num_shards=self.num_shards,
+                prefetch_queue_depth=self.prefetch_queue_depth,
+            )
+            pipe = build_cifar_pipeline(feed, cfg, checkpoint)
+            # No reader: the feed ends each epoch with StopIteration and sizes the last batch itself.
+            make = lambda: DALIGenericIterator(pipe, ["images", "ids"], auto_reset=False)  # noqa: E731
+        self._iterator = self._dali_call(make)
+        self._pipe = pipe
+
+    def _dali_call(self, fn):
+        """Run a DALI call; turn data errors (undecodable/unreadable files) into a project error."""
+        try:
+            return fn()
+        except StopIteration:
+            raise
+        except RuntimeError as exc:
+            msg = str(exc)
+            if not any(k.lower() in msg.lower() for k in _DALI_DATA_ERRORS):
+                raise
+            raise self._data_error(msg) from exc
+
+    def _data_error(self, msg: str) -> UndecodableImageError:
+        root = getattr(self.source, "root", "")
+        path = None
+        for pat in _PATH_PATTERNS:
+            m = pat.search(msg)
+            if m:
+                path = m.group(1).rstrip(".,;'\"")
+                break
+        # The most specific line DALI gave (its messages repeat a generic header).
+        lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
+        detail = next((ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower() and "pipeline" not in ln),
+                      lines[-1] if lines else msg)
+        where = f"image file {path}" if path else f"an image in {root} (DALI did not name the file)"
+        return UndecodableImageError(
+            f"DALI could not read or decode {where}: {detail}\n"
+            f"Run `i2e-check {root}` to list every file the pipeline cannot decode, then remove or "
+            f"re-encode those files (e.g. re-save them as RGB JPEG)."
+        )
+
+    # ----------------------------------------------------------------------------------------------
+    # iteration
+    # ----------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._batches
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        return self._epoch()
+
+    def _epoch(self):
+        if self._iterator is None:  # an empty evaluation shard (more ranks than samples)
+            self.epoch += 1
+            return
+        while True:
+            try:
+                out = self._dali_call(lambda: next(self._iterator))
+            except StopIteration:
+                self._end_epoch()
+                return
+            images, ids = out[0]["images"], out[0]["ids"]
+            if images.shape[0] == 0:
+                continue
+            self._in_epoch = True
+            yield self._convert(images, ids)
+
+    def _convert(self, images: torch.Tensor, ids: torch.Tensor):
+        # Everything below is queued on torch's current stream, right behind DALI's hand-off.
+        if images.device != self.device:  # CPU decode feeding a GPU
+            images = images.to(self.device, non_blocking=True)
+            ids = ids.to(self.device, non_blocking=True)
+        ids = ids.reshape(-1).to(torch.int64)
+        events = i2e_convert(
+            images, ratio=self.ratio, timesteps=self.timesteps, order=self.order, train=self.train,
+            per_sample=self.per_sample, generator=self._generator, dtype=self.dtype, impl=self.impl,
+            validate=False,
+        )
+        labels = self._labels[ids]
+        if self.with_index:
+            return events, labels, ids
+        return events, labels
+
+    def _end_epoch(self) -> None:
+        # Prepare the next epoch at once (DALI starts prefetching it), so the next pass is ready.
+        self._dali_call(self._iterator.reset)
+        self.epoch += 1
+        self._in_epoch = False
+
+    def reset(self) -> None:
+        """Abandon the rest of the current epoch (its remaining batches are read and discarded)."""
+        if self._iterator is None or not self._in_epoch:
+            return
+        while True:
+            try:
+                self._dali_call(lambda: next(self._iterator))
+            except StopIteration:
+                break
+        self._end_epoch()
+
+    # ----------------------------------------------------------------------------------------------
+    # exact resume
+    # ----------------------------------------------------------------------------------------------
+    def _fingerprint(self) -> dict:
+        return {
+            "kind": self.kind, "train": self.train, "total_samples": self.total_samples,
+            "batch_size": self.batch_size, "shard_id": self.shard_id, "num_shards": self.num_shards,
+            "seed": self.seed, "image_size": list(self.image_size),
+        }
+
+    def state_dict(self) -> dict:
+        """Position and random state; ``torch.save`` / ``torch.load(weights_only=True)`` friendly."""
+        state = {"version": _STATE_VERSION, "epoch": self.epoch, **self._fingerprint()}
+        state["dali"] = self._iterator.checkpoints()[0] if self._iterator is not None else None
+        state["generator"] = self._generator.get_state() if self._generator is not None else None
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue exactly where the loader that produced ``state`` stood (same data set, batch
+        size, shard and seed). Rebuilds the DALI pipeline from its checkpoint."""
+        if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
+            raise ValueError("not an EventLoader state (or from another version of i2e-dali)")
+        mine = self._fingerprint()
+        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
+        if diff:
+            raise ValueError(
+                "loader state does not match this loader (saved vs now): "
+                + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
+            )
+        if state["dali"] is not None:
+            self._build(checkpoint=state["dali"])
+        if self._generator is not None and state.get("generator") is not None:
+            self._generator.set_state(state["generator"])
+        self.epoch = int(state["epoch"])
+        # Mid-epoch if the restored DALI iterator had consumed batches of this epoch.
+        self._in_epoch = bool(getattr(self._iterator, "_counter", 0))
+
+    def __repr__(self) -> str:
+        return (
+            f"EventLoader({self.source!r}, batch_size={self.batch_size}, train={self.train}, "
+            f"device={self.device}, decode={self.decode}, shard={self.shard_id}/{self.num_shards}, "
+            f"image_size={self.image_size}, T={len(self.order)}, ratio={self.ratio})"
+        )

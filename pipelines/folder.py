@@ -1,0 +1,167 @@
+"""DALI graphs for ImageNet-style folders (``root/<class>/<image>``): read, shard, decode, augment.
+
+No torch here: the graphs hand uint8 ``[B, 3, H, W]`` (CHW) images and int32 sample ids ``[B, 1]``
+to whoever runs them (``i2e_dali.loader.EventLoader``). The same graph serves GPU and CPU: with a
+``device_id`` the decoder runs as "mixed" (nvJPEG, with the hardware JPEG decoder where the GPU has
+one) and every later operator on the GPU; with ``device_id=None`` everything runs on the CPU.
+
+Views:
+- train: random-resized-crop (area 0.08-1, aspect 3/4-4/3) fused into the decoder (only the crop's
+  region is decoded), resize to ``crop_size`` x ``crop_size``, random horizontal flip;
+- eval "crop": resize the shorter side to ``resize_size`` (256), centre crop ``crop_size`` (224);
+- eval "resize": resize straight to ``crop_size`` x ``crop_size`` (the authors' train-set export view).
+
+The reader's "labels" are whatever integers the caller passes; the loader passes the sample's index
+into its file list, so the class label (and, for the exporter, the file) is looked up afterwards.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+from nvidia.dali import fn, pipeline_def, types
+
+__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "READER_NAME", "build_folder_pipeline"]
+
+READER_NAME = "Reader"
+EVAL_VIEWS = ("crop", "resize")
+
+
+@dataclass
+class FolderPipelineConfig:
+    """Everything the folder graph needs besides the file list. Defaults are the paper's ImageNet views.
+
+    GPU knobs (ignored on the CPU path):
+    - ``hw_decoder_load``: share of each batch sent to the hardware JPEG decoder (A100/H100 have one);
+      the rest goes to the CUDA decoder so both engines stay busy. 0.65 is DALI's current default.
+    - ``preallocate_width_hint`` / ``preallocate_height_hint``, ``device_memory_padding`` /
+      ``host_memory_padding``: pre-size the decoder's buffers for ImageNet-sized photos so the first
+      epochs do not re-allocate (the values from NVIDIA's ResNet-50 example).
+    """
+
+    train: bool
+    batch_size: int
+    crop_size: int = 224
+    resize_size: int = 256
+    eval_view: str = "crop"
+    device_id: int | None = None
+    num_threads: int = 4
+    seed: int = 2024
+    shard_id: int = 0
+    num_shards: int = 1
+    shuffle: bool | None = None  # None: shuffle when training
+    random_area: tuple[float, float] = (0.08, 1.0)
+    random_aspect_ratio: tuple[float, float] = (3.0 / 4.0, 4.0 / 3.0)
+    prefetch_queue_depth: int = 2
+    hw_decoder_load: float = 0.65
+    preallocate_width_hint: int = 5980
+    preallocate_height_hint: int = 6430
+    device_memory_padding: int = 211_025_920
+    host_memory_padding: int = 140_544_512
+    dont_use_mmap: bool = False  # True helps on network file systems
+    enable_checkpointing: bool = True
+
+    def validate(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.crop_size < 1 or self.resize_size < 1:
+            raise ValueError(f"crop_size and resize_size must be >= 1, got {self.crop_size}, {self.resize_size}")
+        if not self.train and self.eval_view == "crop" and self.resize_size < self.crop_size:
+            raise ValueError(
+                f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size}) for the 'crop' view"
+            )
+        if self.eval_view not in EVAL_VIEWS:
+            raise ValueError(f"eval_view must be one of {EVAL_VIEWS}, got {self.eval_view!r}")
+        if not 0 <= self.shard_id < self.num_shards:
+            raise ValueError(f"shard_id must be in [0, num_shards={self.num_shards}), got {self.shard_id}")
+        if not 0.0 <= self.hw_decoder_load <= 1.0:
+            raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
+        if self.num_threads < 1 or self.prefetch_queue_depth < 1:
+            raise ValueError("num_threads and prefetch_queue_depth must be >= 1")
+
+
+@pipeline_def
+def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPipelineConfig):
+    gpu = cfg.device_id is not None
+    shuffle = cfg.train if cfg.shuffle is None else cfg.shuffle
+    encoded, ids = fn.readers.file(
+        files=list(files),
+        labels=list(sample_ids),
+        # A fresh global permutation every epoch, identical on every shard (DALI seeds it from the
+        # epoch), so shards stay disjoint. Needs equal shard sizes: the loader trims the list.
+        shuffle_after_epoch=shuffle,
+        shard_id=cfg.shard_id,
+        num_shards=cfg.num_shards,
+        # Pad the shard's last batch instead of running into the next epoch: epochs stay aligned to
+        # batches, so every epoch starts clean (the iterator drops or trims the padding).
+        pad_last_batch=True,
+        dont_use_mmap=cfg.dont_use_mmap,
+        name=READER_NAME,
+    )
+    decoder_kw = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
+    if gpu:
+        decoder_kw.update(
+            hw_decoder_load=cfg.hw_decoder_load,
+            preallocate_width_hint=cfg.preallocate_width_hint,
+            preallocate_height_hint=cfg.preallocate_height_hint,
+            device_memory_padding=cfg.device_memory_padding,
+            host_memory_padding=cfg.host_memory_padding,
+        )
+    size = cfg.crop_size
+    if cfg.train:
+        images = fn.decoders.image_random_crop(
+            encoded,
+            random_area=list(cfg.random_area),
+            random_aspect_ratio=list(cfg.random_aspect_ratio),
+            num_attempts=10,  # torchvision's RandomResizedCrop tries 10 times, then centre-crops
+            **decoder_kw,
+        )
+        images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        mirror = fn.random.coin_flip(probability=0.5)
+        images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW", mirror=mirror)
+    else:
+        images = fn.decoders.image(encoded, **decoder_kw)
+        if cfg.eval_view == "crop":
+            images = fn.resize(
+                images, resize_shorter=cfg.resize_size, interp_type=types.INTERP_LINEAR, antialias=True
+            )
+            images = fn.crop_mirror_normalize(
+                images, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5, dtype=types.UINT8, output_layout="CHW"
+            )
+        else:
+            images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+            images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW")
+    if gpu:
+        ids = ids.gpu()  # labels travel with the images, so torch gets both on the device
+    return images, ids
+
+
+def build_folder_pipeline(
+    files: Sequence[str],
+    sample_ids: Sequence[int],
+    cfg: FolderPipelineConfig,
+    checkpoint: str | None = None,
+):
+    """An (unbuilt) DALI pipeline with outputs ``images`` uint8 [B,3,S,S] and ``ids`` int32 [B,1].
+
+    ``files`` are absolute paths, ``sample_ids`` the integers handed back for each (same length).
+    ``checkpoint`` restores a state saved by ``Pipeline.checkpoint()`` (reader position, RNG states).
+    """
+    cfg.validate()
+    if len(files) != len(sample_ids):
+        raise ValueError(f"files ({len(files)}) and sample_ids ({len(sample_ids)}) differ in length")
+    if not files:
+        raise ValueError("the file list is empty; a DALI reader needs at least one file")
+    return _folder_graph(
+        files,
+        sample_ids,
+        cfg,
+        batch_size=cfg.batch_size,
+        num_threads=cfg.num_threads,
+        device_id=cfg.device_id,
+        # One seed per shard: ranks draw different crops/flips, a rerun draws the same ones.
+        seed=cfg.seed + 1000 * cfg.shard_id,
+        prefetch_queue_depth=cfg.prefetch_queue_depth,
+        enable_checkpointing=cfg.enable_checkpointing,
+        checkpoint=checkpoint,
+    )
