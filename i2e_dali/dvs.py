@@ -360,11 +360,22 @@ class FrameCache:
             desc = f"CIFAR10-DVS -> T={self.timesteps} frames"
             # Threads suffice: reading, numpy's bit operations and zlib release the GIL, and a thread pool
             # keeps CUDA/DALI state of the parent process out of the picture (no fork).
+            failures: list[DVSFormatError] = []
             with ThreadPoolExecutor(max_workers=workers) as pool, tqdm(
                 total=len(todo), desc=desc, unit="rec", disable=not progress
             ) as bar:
-                for _ in pool.map(lambda job: self.build(*job), todo):
+                for future in [pool.submit(self.build, *job) for job in todo]:
+                    try:
+                        future.result()
+                    except DVSFormatError as exc:  # collect them all: one pass finds every bad file
+                        failures.append(exc)
                     bar.update()
+            if len(failures) == 1:
+                raise failures[0]
+            if failures:
+                shown = "\n  ".join(str(e) for e in failures[:20])
+                more = f"\n  ... and {len(failures) - 20} more" if len(failures) > 20 else ""
+                raise DVSFormatError(f"{len(failures)} unreadable CIFAR10-DVS recordings:\n  {shown}{more}")
         return paths, len(todo)
 
     @staticmethod

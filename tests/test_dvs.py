@@ -247,8 +247,14 @@ def test_corrupt_recording_in_dataset_names_file_and_leaves_no_cache(tmp_path):
     bad.write_bytes(bad.read_bytes()[:-5])
     with pytest.raises(DVSFormatError, match="cifar10_cat_1.aedat"):
         CIFAR10DVS(tmp_path / "data", True, cache_dir=tmp_path / "cache", workers=2, progress=False)
-    cached = list((tmp_path / "cache").rglob("cifar10_cat_1-*"))
-    assert cached == []
+    assert list((tmp_path / "cache").rglob("cifar10_cat_1-*")) == []
+    assert len(list((tmp_path / "cache").rglob("*.npz"))) == 5  # the good ones are cached
+    # Several bad files: one error lists them all.
+    also_bad = tmp_path / "data" / "airplane" / "cifar10_airplane_2.aedat"
+    also_bad.write_bytes(b"not an aedat file")
+    with pytest.raises(DVSFormatError, match="2 unreadable") as info:
+        CIFAR10DVS(tmp_path / "data", True, cache_dir=tmp_path / "cache", workers=2, progress=False)
+    assert "cifar10_cat_1.aedat" in str(info.value) and "cifar10_airplane_2.aedat" in str(info.value)
     assert not list((tmp_path / "cache").rglob("*.tmp"))
 
 
@@ -387,7 +393,6 @@ def test_spikingjelly_layout_is_found(tmp_path):
 # Loaders
 # ------------------------------------------------------------------------------------------------
 def test_build_loaders_end_to_end(tmp_path):
-    pytest.importorskip("i2e_dali.frame_loader")
     make_dataset(tmp_path / "d", {"airplane": 6, "cat": 6, "dog": 6}, n_events=200)
     args = argparse.Namespace(
         data=str(tmp_path / "d"), batch_size=4, timesteps=8, seed=2024, workers=0, device="cpu",
