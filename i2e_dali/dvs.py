@@ -465,12 +465,17 @@ def build_loaders(args):
     """
     from .frame_loader import FrameLoader
 
+    if getattr(args, "data", None) is None:
+        raise ValueError("--data is required for --dataset cifar10-dvs: the folder holding airplane/, automobile/, ...")
     workers = getattr(args, "workers", None)
+    timesteps = getattr(args, "timesteps", None) or 8
+    val_fraction = getattr(args, "val_fraction", None)
+    seed = getattr(args, "seed", 2024)
     common = dict(
-        timesteps=args.timesteps,
+        timesteps=timesteps,
         cache_dir=getattr(args, "cache_dir", None),
-        val_fraction=getattr(args, "val_fraction", 0.1),
-        seed=args.seed,
+        val_fraction=0.1 if val_fraction is None else val_fraction,
+        seed=seed,
         split=getattr(args, "dvs_split", "seeded"),
         polarity=getattr(args, "dvs_polarity", "on-off"),
         binarize=getattr(args, "dvs_binarize", False),
@@ -478,11 +483,11 @@ def build_loaders(args):
     )
     train_set = CIFAR10DVS(args.data, True, **common)
     val_set = CIFAR10DVS(args.data, False, progress=False, **common)
-    loader_kw = dict(device=getattr(args, "device", "auto"), seed=args.seed, num_workers=workers)
+    loader_kw = dict(device=getattr(args, "device", "auto") or "auto", seed=seed, num_workers=workers)
     train_loader = FrameLoader(
         train_set, args.batch_size, train=True, flip=getattr(args, "dvs_flip", True), **loader_kw
     )
     val_loader = FrameLoader(val_set, args.batch_size, train=False, flip=False, **loader_kw)
     log.info("CIFAR10-DVS: %d train / %d val recordings, T=%d, cache %s", len(train_set), len(val_set),
-             args.timesteps, train_set.cache.dir)
+             timesteps, train_set.cache.dir)
     return train_loader, val_loader
