@@ -204,7 +204,7 @@ class EventLoader:
             self._generator = torch.Generator(device=self.device)
             self._generator.manual_seed(self.seed * 1000 + self.shard_id)
         self.epoch = 0
-        self._in_epoch = False  # some batches of the current epoch were consumed
+        self._consumed = 0  # batches of the current epoch handed out
         self._iterator = None
         self._pipe = None
         if self._batches > 0:
@@ -312,6 +312,9 @@ class EventLoader:
         if self._iterator is None:  # an empty evaluation shard (more ranks than samples)
             self.epoch += 1
             return
+        if self._consumed >= self._batches:
+            # The previous pass took every batch but stopped before DALI said so: close that epoch.
+            self._drain()
         while True:
             try:
                 out = self._dali_call(lambda: next(self._iterator))
@@ -321,7 +324,7 @@ class EventLoader:
             images, ids = out[0]["images"], out[0]["ids"]
             if images.shape[0] == 0:
                 continue
-            self._in_epoch = True
+            self._consumed += 1
             yield self._convert(images, ids)
 
     def _convert(self, images: torch.Tensor, ids: torch.Tensor):
@@ -344,18 +347,20 @@ class EventLoader:
         # Prepare the next epoch at once (DALI starts prefetching it), so the next pass is ready.
         self._dali_call(self._iterator.reset)
         self.epoch += 1
-        self._in_epoch = False
+        self._consumed = 0
 
-    def reset(self) -> None:
-        """Abandon the rest of the current epoch (its remaining batches are read and discarded)."""
-        if self._iterator is None or not self._in_epoch:
-            return
+    def _drain(self) -> None:
         while True:
             try:
                 self._dali_call(lambda: next(self._iterator))
             except StopIteration:
                 break
         self._end_epoch()
+
+    def reset(self) -> None:
+        """Abandon the rest of the current epoch (its remaining batches are read and discarded)."""
+        if self._iterator is not None and self._consumed > 0:
+            self._drain()
 
     # ----------------------------------------------------------------------------------------------
     # exact resume
@@ -369,7 +374,7 @@ class EventLoader:
 
     def state_dict(self) -> dict:
         """Position and random state; ``torch.save`` / ``torch.load(weights_only=True)`` friendly."""
-        state = {"version": _STATE_VERSION, "epoch": self.epoch, **self._fingerprint()}
+        state = {"version": _STATE_VERSION, "epoch": self.epoch, "consumed": self._consumed, **self._fingerprint()}
         state["dali"] = self._iterator.checkpoints()[0] if self._iterator is not None else None
         state["generator"] = self._generator.get_state() if self._generator is not None else None
         return state
@@ -391,8 +396,7 @@ class EventLoader:
         if self._generator is not None and state.get("generator") is not None:
             self._generator.set_state(state["generator"])
         self.epoch = int(state["epoch"])
-        # Mid-epoch if the restored DALI iterator had consumed batches of this epoch.
-        self._in_epoch = bool(getattr(self._iterator, "_counter", 0))
+        self._consumed = int(state["consumed"])
 
     def __repr__(self) -> str:
         return (
