@@ -228,10 +228,11 @@ def test_cifar_train_epochs_and_resume(cifar):
     folder, batches = cifar
     src = CifarSource(folder, train=True)
     assert len(src) == 30
-    loader = EventLoader(src, 4, train=True, device="cpu", num_threads=1, with_index=True, seed=5)
-    assert len(loader) == 7 and loader.image_size == (128, 128)
+    kw = dict(device="cpu", num_threads=1, with_index=True, seed=5, out_size=48, timesteps=4)
+    loader = EventLoader(src, 4, train=True, **kw)
+    assert len(loader) == 7 and loader.image_size == (48, 48)
     e0 = run_epoch(loader)
-    assert len(e0) == 7 and e0[0][0].shape == (8, 4, 2, 128, 128)
+    assert len(e0) == 7 and e0[0][0].shape == (4, 4, 2, 48, 48)
     ids0 = torch.cat([b[2] for b in e0]).tolist()
     assert len(set(ids0)) == 28
     all_labels = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
@@ -241,7 +242,7 @@ def test_cifar_train_epochs_and_resume(cifar):
     state = loader.state_dict()
     expected = run_epoch(loader) + run_epoch(loader)
     assert torch.cat([b[2] for b in expected[4:]]).tolist() != ids0[:28]  # epoch 2 reshuffled
-    resumed = EventLoader(src, 4, train=True, device="cpu", num_threads=1, with_index=True, seed=5)
+    resumed = EventLoader(src, 4, train=True, **kw)
     resumed.load_state_dict(state)
     assert _same(expected, run_epoch(resumed) + run_epoch(resumed))
 
