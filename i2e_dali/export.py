@@ -1,0 +1,432 @@
+"""Export an image data set as an I2E event data set (the authors' npz formats, shared/I2E_SPEC.md).
+
+``python -m i2e_dali.export --data ROOT --out OUT --format dense|sparse`` (console script ``i2e-export``).
+
+Images go through the DALI pipeline (GPU when present) and the one conversion, in evaluation mode
+(canonical motions), with the authors' views: ImageNet val = resize 256 + centre crop 224, ImageNet
+train = resize straight to 224x224 (how their train set was exported), CIFAR = resize to 128.
+Output: ``OUT/<split>/<class>/<stem>.npz`` mirroring the source's folders and file stems (CIFAR, which
+has no files: ``OUT/<train|val>/<class>/<index in the split, 5 digits>.npz``), plus ``i2e_meta.json``
+per split recording the settings.
+
+Writing: a thread pool compresses and writes (``np.savez_compressed`` spends its time in zlib, which
+releases the GIL), so several files are in flight while the next batch converts. Every file is
+written to a hidden temp name in its final folder and renamed into place, so a file with the final
+name is always complete. A rerun skips files that are complete, redoes the rest and deletes temp
+files left by a killed run.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import errno
+import json
+import os
+import sys
+import tempfile
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .npz import META_NAME, NpzFormatError, read_npz_info, write_npz
+
+__all__ = ["ExportConfig", "ExportError", "ExportSummary", "export", "export_split", "plan_split", "main"]
+
+PARTIAL_SUFFIX = ".partial"  # temp files: ".<name>.npz.<random>.partial" (never match *.npz)
+DEFAULT_VIEWS = {"train": "resize", "val": "crop"}
+
+
+class ExportError(RuntimeError):
+    """The export cannot go on; the message says which file/folder and what to do."""
+
+
+@dataclass
+class ExportConfig:
+    data: Path
+    out: Path
+    format: str = "dense"
+    dataset: str = "imagenet"
+    splits: tuple[str, ...] = ("train", "val")
+    ratio: float | None = None  # None: the source's default (0.12 ImageNet, 0.07 CIFAR)
+    timesteps: int = 8
+    order: str | None = None
+    view: str = "auto"  # ImageNet: auto = the authors' (train: resize, val: crop)
+    batch_size: int = 64
+    workers: int | None = None  # writer threads; None: min(8, CPU count)
+    dali_threads: int | None = None
+    device: str = "auto"
+    verify: bool = False  # fully decompress existing files on resume instead of checking headers
+    progress: bool | None = None
+
+
+@dataclass
+class ExportSummary:
+    split: str
+    written: int = 0
+    skipped: int = 0
+    removed_partials: int = 0
+    events: int = 0  # total events in written files
+    cells: int = 0  # T * 2 * H * W * written
+    bytes_written: int = 0
+    source_bytes: int = 0  # of the written samples
+    seconds: float = 0.0
+    frame_shape: tuple[int, int, int] | None = None
+    per_timestep_rate: list[float] = field(default_factory=list)
+
+    @property
+    def event_rate(self) -> float:
+        return self.events / self.cells if self.cells else 0.0
+
+    def line(self) -> str:
+        ratio = self.bytes_written / self.source_bytes if self.source_bytes else float("nan")
+        speed = self.written / self.seconds if self.seconds else 0.0
+        return (
+            f"{self.split}: wrote {self.written} files ({_fmt_bytes(self.bytes_written)}, {ratio:.2f}x the "
+            f"{_fmt_bytes(self.source_bytes)} source), skipped {self.skipped} finished, removed "
+            f"{self.removed_partials} partial; mean event rate {self.event_rate:.4f}; "
+            f"{self.seconds:.1f} s ({speed:.0f} files/s)"
+        )
+
+
+def _fmt_bytes(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1024 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return str(n)
+
+
+# --------------------------------------------------------------------------------------------------
+# checks before anything is written
+# --------------------------------------------------------------------------------------------------
+def _check_paths(data: Path, out: Path) -> None:
+    data_r, out_r = data.resolve(), out.resolve()
+    if out_r == data_r or data_r in out_r.parents:
+        raise ExportError(
+            f"--out {out} is inside the input folder {data}; the export would mix event files into the "
+            "image data set (and a later scan would see them). Choose a folder outside it."
+        )
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ExportError(f"cannot create the output folder {out}: {exc.strerror or exc}; choose a writable place") from exc
+    try:
+        fd, probe = tempfile.mkstemp(dir=out, prefix=".write-probe.", suffix=PARTIAL_SUFFIX)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise ExportError(
+            f"the output folder {out} is not writable ({exc.strerror or exc}); fix its permissions or choose another"
+        ) from exc
+
+
+def _source_for(cfg: ExportConfig, split: str):
+    from .datasets import open_source
+
+    return open_source(cfg.data, split, cfg.dataset)
+
+
+def _is_cifar(source) -> bool:
+    return getattr(source, "kind", "") == "cifar"
+
+
+def plan_split(source, out_split: Path) -> list[Path]:
+    """Output path of every sample of ``source``, index-aligned with ``source.samples``."""
+    if _is_cifar(source):
+        classes = source.classes
+        return [out_split / classes[label] / f"{i:05d}.npz" for i, (_, label) in enumerate(source.samples)]
+    root = Path(source.root)
+    paths = []
+    seen: dict[Path, str] = {}
+    clashes = []
+    for path, _ in source.samples:
+        rel = Path(path).relative_to(root)
+        target = out_split / rel.with_suffix(".npz")
+        if target in seen:
+            clashes.append(f"{seen[target]} and {path}")
+        seen[target] = path
+        paths.append(target)
+    if clashes:
+        raise ExportError(
+            f"{len(clashes)} pair(s) of images in {root} share a file stem and would both become one .npz:\n  "
+            + "\n  ".join(clashes[:10]) + "\nRename one of each pair."
+        )
+    return paths
+
+
+def _complete(path: Path, fmt: str, frame_shape: tuple[int, int, int] | None, verify: bool) -> bool:
+    """True when ``path`` is a finished export file of this format (and frame shape, when known)."""
+    try:
+        info = read_npz_info(path)
+        if info.format != fmt or (frame_shape is not None and info.frame_shape != tuple(frame_shape)):
+            return False
+        if verify:
+            from .npz import load_events
+
+            load_events(path)
+    except NpzFormatError:
+        return False
+    return True
+
+
+def _remove_partials(folder: Path) -> int:
+    removed = 0
+    if not folder.is_dir():
+        return 0
+    for dirpath, _, filenames in os.walk(folder):
+        for name in filenames:
+            if name.startswith(".") and name.endswith(PARTIAL_SUFFIX):
+                os.unlink(os.path.join(dirpath, name))
+                removed += 1
+    return removed
+
+
+def _write_meta(out_split: Path, meta: dict) -> None:
+    path = out_split / META_NAME
+    if path.is_file():
+        try:
+            old = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            old = None
+        if old is not None:
+            keys = ("format", "ratio", "timesteps", "order", "view", "height", "width", "dataset")
+            diff = {k: (old.get(k), meta.get(k)) for k in keys if old.get(k) != meta.get(k)}
+            if diff:
+                raise ExportError(
+                    f"{out_split} holds an export made with other settings "
+                    + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
+                    + "; resume with the same settings or export to a new --out folder"
+                )
+    fd, tmp = tempfile.mkstemp(dir=out_split, prefix=f".{META_NAME}.", suffix=PARTIAL_SUFFIX)
+    with os.fdopen(fd, "w") as f:
+        json.dump(meta, f, indent=1)
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------------------------------
+# writing
+# --------------------------------------------------------------------------------------------------
+def _write_one(path: Path, events: np.ndarray, fmt: str, opener: Callable) -> int:
+    """Temp file in the final folder -> rename. Returns the bytes written. Never leaves a partial file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
+    os.close(fd)
+    try:
+        with opener(tmp, "wb") as f:
+            write_npz(f, events, fmt)
+        size = os.path.getsize(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    return size
+
+
+def _subset(source, indices: list[int]):
+    """A shallow copy of ``source`` listing only ``indices`` (what is left to export)."""
+    if len(indices) == len(source.samples):
+        return source
+    sub = copy.copy(source)
+    sub.samples = [source.samples[i] for i in indices]
+    if _is_cifar(source):
+        sub.images = source.images[indices]
+        sub.label_array = source.label_array[indices]
+    return sub
+
+
+def _view_for(cfg: ExportConfig, split: str) -> str:
+    if cfg.view == "auto":
+        return DEFAULT_VIEWS[split]
+    return cfg.view
+
+
+def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> ExportSummary:
+    """Export one split; ``opener`` (default ``open``) is the file-opening hook the writer uses."""
+    from .loader import EventLoader
+
+    started = time.perf_counter()
+    source = _source_for(cfg, split)
+    out_split = cfg.out / split
+    out_split.mkdir(parents=True, exist_ok=True)
+    summary = ExportSummary(split=split)
+    summary.removed_partials = _remove_partials(out_split)
+    targets = plan_split(source, out_split)
+    view = _view_for(cfg, split)
+    ratio = cfg.ratio if cfg.ratio is not None else source.default_ratio
+    if _is_cifar(source):
+        size = (source.default_out_size, source.default_out_size)
+    else:
+        size = (source.default_crop_size, source.default_crop_size)
+    frame_shape = (cfg.timesteps, *size)
+    summary.frame_shape = frame_shape
+    _write_meta(out_split, {
+        "format": cfg.format, "dataset": cfg.dataset, "ratio": ratio, "timesteps": cfg.timesteps,
+        "order": cfg.order, "view": "resize" if _is_cifar(source) else view, "height": size[0], "width": size[1],
+        "classes": list(source.classes), "samples": len(source.samples), "source": str(Path(cfg.data).resolve()),
+        "columns": "t,p,x,y (p=1 ON, 0 OFF)" if cfg.format == "sparse" else "arr_0 bool [T,2,H,W], channel 0 ON",
+    })
+    for c in {t.parent for t in targets}:
+        c.mkdir(parents=True, exist_ok=True)
+
+    todo = [i for i, t in enumerate(targets) if not (t.exists() and _complete(t, cfg.format, frame_shape, cfg.verify))]
+    summary.skipped = len(targets) - len(todo)
+    if not todo:
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+    sub = _subset(source, todo)
+    batch = min(cfg.batch_size, len(todo))
+    loader = EventLoader(
+        sub, batch, train=False, with_index=True, eval_view=view, dtype=torch.bool,
+        ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, device=cfg.device,
+        num_threads=cfg.dali_threads, shard_id=0, num_shards=1,
+    )
+    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    per_t = np.zeros(cfg.timesteps, dtype=np.int64)
+    pending: deque[tuple[Future, int]] = deque()
+    bar = tqdm(total=len(todo), desc=f"export {split}", unit="file", disable=True if cfg.progress is False else None)
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="i2e-export")
+
+    def settle(block_until: int) -> None:
+        # Backpressure: at most ``block_until`` files in flight, so memory stays bounded.
+        while len(pending) > block_until:
+            fut, src_index = pending.popleft()
+            summary.bytes_written += fut.result()  # re-raises a writer's error here
+            summary.written += 1
+            summary.source_bytes += _source_bytes(source, src_index)
+            bar.update(1)
+
+    try:
+        for events, _labels, idx in loader:
+            ev = events.cpu().numpy()  # [T, B, 2, H, W] bool
+            counts = ev.sum(axis=(2, 3, 4))  # [T, B]
+            per_t += counts.sum(axis=1)
+            summary.events += int(counts.sum())
+            summary.cells += int(ev.size)
+            for b, j in enumerate(idx.tolist()):
+                src_index = todo[j]
+                sample = np.ascontiguousarray(ev[:, b])
+                pending.append((pool.submit(_write_one, targets[src_index], sample, cfg.format, opener), src_index))
+            settle(2 * workers)
+            bar.set_postfix(rate=f"{summary.event_rate:.4f}")
+        settle(0)
+    except BaseException as exc:
+        # Stop quickly: drop queued writes, let running ones finish (each cleans up its own temp file).
+        for fut, _ in pending:
+            fut.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        _remove_partials(out_split)
+        if isinstance(exc, OSError):
+            raise _write_error(exc, out_split, summary) from exc
+        raise
+    pool.shutdown(wait=True)
+    bar.close()
+    summary.seconds = time.perf_counter() - started
+    if summary.written:
+        cells_t = summary.cells / cfg.timesteps
+        summary.per_timestep_rate = [float(c) / cells_t for c in per_t]
+    return summary
+
+
+def _source_bytes(source, index: int) -> int:
+    if _is_cifar(source):
+        return int(np.prod(source.images.shape[1:]))  # raw 32x32x3 pixels
+    try:
+        return os.path.getsize(source.samples[index][0])
+    except OSError:
+        return 0
+
+
+def _write_error(exc: OSError, out_split: Path, summary: ExportSummary) -> ExportError:
+    where = exc.filename or out_split
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        what = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is exhausted",
+                errno.EFBIG: "a file size limit was hit"}[exc.errno]
+        return ExportError(
+            f"{what} while writing into {out_split} ({where}): {summary.written} files were finished and are "
+            "kept, nothing partial was left. Free space (or choose another --out) and rerun the same command "
+            "to resume."
+        )
+    return ExportError(
+        f"writing into {out_split} failed ({exc.strerror or exc}, {where}); finished files are kept and "
+        "nothing partial was left. Fix the cause and rerun the same command to resume."
+    )
+
+
+def export(cfg: ExportConfig, *, opener: Callable = open) -> list[ExportSummary]:
+    if cfg.format not in ("dense", "sparse"):
+        raise ExportError(f"--format must be dense or sparse, got {cfg.format!r}")
+    if cfg.view not in ("auto", "crop", "resize"):
+        raise ExportError(f"--view must be auto, crop or resize, got {cfg.view!r}")
+    data, out = Path(cfg.data).expanduser(), Path(cfg.out).expanduser()
+    if not data.exists():
+        raise ExportError(f"--data {data} does not exist")
+    cfg.data, cfg.out = data, out
+    _check_paths(data, out)
+    return [export_split(cfg, split, opener=opener) for split in cfg.splits]
+
+
+# --------------------------------------------------------------------------------------------------
+def _parse_args(argv):
+    p = argparse.ArgumentParser(
+        prog="i2e-export",
+        description="Convert an image data set (ImageNet-style folders or CIFAR batches) into an I2E event "
+        "data set of .npz files, resumably.",
+    )
+    p.add_argument("--data", required=True, type=Path, help="ImageNet-style root (train/, val/) or CIFAR folder")
+    p.add_argument("--out", required=True, type=Path, help="output root (must not be inside --data)")
+    p.add_argument("--format", choices=("dense", "sparse"), default="dense",
+                   help="dense: arr_0 bool [T,2,H,W]; sparse: [N,4] rows (t,p,x,y), p=1 ON")
+    p.add_argument("--dataset", choices=("imagenet", "cifar10", "cifar100"), default="imagenet")
+    p.add_argument("--split", choices=("train", "val", "both"), default="both")
+    p.add_argument("--ratio", type=float, default=None, help="threshold ratio (default 0.12 ImageNet, 0.07 CIFAR)")
+    p.add_argument("--timesteps", type=int, default=8)
+    p.add_argument("--order", default=None, help="group order (default efghabcd)")
+    p.add_argument("--view", choices=("auto", "crop", "resize"), default="auto",
+                   help="ImageNet view: crop = resize 256 + centre crop 224, resize = 224x224; auto = the "
+                        "authors' (train: resize, val: crop)")
+    p.add_argument("--batch-size", type=int, default=64, help="images converted per batch")
+    p.add_argument("--workers", type=int, default=None, help="writer threads (default min(8, CPUs))")
+    p.add_argument("--dali-threads", type=int, default=None, help="DALI CPU threads")
+    p.add_argument("--device", default="auto", help="auto (GPU if present), cpu, cuda:N")
+    p.add_argument("--verify", action="store_true",
+                   help="on resume, fully read existing files instead of checking their headers")
+    p.add_argument("--no-progress", action="store_true")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse_args(argv)
+    cfg = ExportConfig(
+        data=args.data, out=args.out, format=args.format, dataset=args.dataset,
+        splits=("train", "val") if args.split == "both" else (args.split,),
+        ratio=args.ratio, timesteps=args.timesteps, order=args.order, view=args.view,
+        batch_size=args.batch_size, workers=args.workers, dali_threads=args.dali_threads,
+        device=args.device, verify=args.verify, progress=False if args.no_progress else None,
+    )
+    try:
+        summaries = export(cfg)
+    except (ExportError, ValueError, FileNotFoundError) as exc:
+        print(f"i2e-export: error: {exc}", file=sys.stderr)
+        return 1
+    for s in summaries:
+        print(s.line())
+        if s.per_timestep_rate:
+            print("  event rate per timestep: " + " ".join(f"{r:.4f}" for r in s.per_timestep_rate))
+    total = sum(s.bytes_written for s in summaries)
+    print(f"total: {sum(s.written for s in summaries)} files, {_fmt_bytes(total)} in {cfg.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
