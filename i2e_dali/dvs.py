@@ -54,6 +54,7 @@ __all__ = [
     "CIFAR10DVS_CLASSES",
     "SENSOR_SIZE",
     "DVSFormatError",
+    "DVSCacheError",
     "DVSEvents",
     "read_aedat",
     "events_to_frames",
@@ -83,6 +84,10 @@ _SPLITS = ("seeded", "authors")
 
 class DVSFormatError(ValueError):
     """A recording is not a readable DVS128 AEDAT 2.0 file; the message names the file."""
+
+
+class DVSCacheError(ValueError):
+    """The frame cache cannot be written where it was asked for; the message says what to pass instead."""
 
 
 @dataclass(frozen=True)
@@ -353,7 +358,7 @@ class FrameCache:
             try:
                 self.dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
-                raise OSError(
+                raise DVSCacheError(
                     f"cannot create the CIFAR10-DVS frame cache {self.dir}: {exc}; pass a writable --cache-dir"
                 ) from exc
             workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))

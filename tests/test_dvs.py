@@ -424,3 +424,11 @@ def test_build_loaders_end_to_end(tmp_path):
         i = sums[float(events[:, b].sum())]
         ref = torch.from_numpy(train_set[i][0])
         assert torch.equal(events[:, b], ref) or torch.equal(events[:, b], ref.flip(-1))
+
+
+def test_unwritable_cache_dir_says_what_to_do(tmp_path):
+    make_dataset(tmp_path / "d", {"airplane": 2})
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(dvs.DVSCacheError, match="--cache-dir"):
+        CIFAR10DVS(tmp_path / "d", True, cache_dir=blocker, progress=False)
