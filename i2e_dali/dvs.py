@@ -383,15 +383,22 @@ class FrameCache:
                 raise DVSFormatError(f"{len(failures)} unreadable CIFAR10-DVS recordings:\n  {shown}{more}")
         return paths, len(todo)
 
-    @staticmethod
-    def load(path: Path) -> np.ndarray:
+    def load(self, path: Path) -> np.ndarray:
+        """The cached counts ``[T, 2, 128, 128]`` of one recording."""
         try:
             with np.load(path) as z:
-                return z["frames"]
+                frames = z["frames"]
         except (OSError, ValueError, KeyError, EOFError) as exc:
             raise DVSFormatError(
                 f"{path}: unreadable cached frames ({exc}); delete this file (or the cache folder) to rebuild it"
             ) from exc
+        expected = (self.timesteps, 2, *SENSOR_SIZE)
+        if frames.shape != expected:
+            raise DVSFormatError(
+                f"{path}: cached frames have shape {list(frames.shape)}, expected {list(expected)}; "
+                "delete this file (or the cache folder) to rebuild it"
+            )
+        return frames
 
 
 # -------------------------------------------------------------------------------------------------
@@ -450,7 +457,7 @@ class CIFAR10DVS(Dataset):
         return len(self._frames)
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, int]:
-        counts = FrameCache.load(self._frames[index])
+        counts = self.cache.load(self._frames[index])
         if self.polarity == "spikingjelly":
             counts = counts[:, ::-1]
         frames = (counts > 0) if self.binarize else counts

@@ -376,11 +376,14 @@ def test_cache_is_used_and_a_changed_recording_is_reparsed(tmp_path):
 
 
 def test_unreadable_cache_file_names_it(tmp_path):
-    make_dataset(tmp_path / "d", {"airplane": 2})
+    make_dataset(tmp_path / "d", {"airplane": 3})
     ds = CIFAR10DVS(tmp_path / "d", True, cache_dir=tmp_path / "c", progress=False)
     ds._frames[0].write_bytes(b"garbage")
     with pytest.raises(DVSFormatError, match=str(ds._frames[0].name)):
         ds[0]
+    np.savez_compressed(ds._frames[1], frames=np.zeros((4, 2, 128, 128), np.uint8))  # another T's frames
+    with pytest.raises(DVSFormatError, match="expected \\[8, 2, 128, 128\\]"):
+        ds[1]
 
 
 def test_spikingjelly_layout_is_found(tmp_path):
