@@ -29,6 +29,7 @@ __all__ = [
     "CifarSource",
     "open_source",
     "DATASETS",
+    "dali_error_detail",
 ]
 
 # Formats DALI's image decoders read (by content, so a PNG named .JPEG still decodes).
@@ -55,6 +56,15 @@ def _listing(paths: Iterable, limit: int = _MAX_LISTED) -> str:
     shown = "\n  ".join(paths[:limit])
     more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
     return f"\n  {shown}{more}"
+
+
+def dali_error_detail(message: str) -> str:
+    """The informative line of a DALI error message (DALI wraps it in generic pipeline context)."""
+    lines = [ln.strip() for ln in str(message).splitlines() if ln.strip()]
+    for i, ln in enumerate(lines):
+        if ln.startswith("encountered:") and i + 1 < len(lines):
+            return lines[i + 1].rstrip(" :")
+    return lines[-1] if lines else ""
 
 
 # --------------------------------------------------------------------------------------------------

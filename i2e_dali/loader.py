@@ -32,7 +32,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .datasets import CifarSource, DatasetError, ImageFolderSource, UndecodableImageError
+from .datasets import CifarSource, ImageFolderSource, UndecodableImageError, dali_error_detail
 from .i2e import i2e_convert, parse_order
 
 __all__ = ["EventLoader", "resolve_device", "default_shard"]
@@ -84,6 +84,7 @@ _PATH_PATTERNS = (
     re.compile(r"sample #\d+\s*:\s*(\S+)"),
     re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
 )
+_AUTO_CHECK_LIMIT = 2000  # name the undecodable file(s) by re-decoding a shard up to this size
 _DALI_DATA_ERRORS = ("decod", "nvImageCodec", "File mapping", "open file", "jpeg", "image", "Reader")
 
 
@@ -282,22 +283,33 @@ class EventLoader:
 
     def _data_error(self, msg: str) -> UndecodableImageError:
         root = getattr(self.source, "root", "")
-        path = None
+        paths = []
         for pat in _PATH_PATTERNS:
             m = pat.search(msg)
             if m:
-                path = m.group(1).rstrip(".,;'\"")
+                paths = [m.group(1).rstrip(".,;'\"")]
                 break
-        # The most specific line DALI gave (its messages repeat a generic header).
-        lines = [ln.strip() for ln in msg.splitlines() if ln.strip()]
-        detail = next((ln for ln in lines if "fail" in ln.lower() or "error" in ln.lower() and "pipeline" not in ln),
-                      lines[-1] if lines else msg)
-        where = f"image file {path}" if path else f"an image in {root} (DALI did not name the file)"
+        detail = dali_error_detail(msg)
+        if not paths and self.kind == "folder" and len(self._my_files()) <= _AUTO_CHECK_LIMIT:
+            # DALI did not say which file; on a small shard finding it is cheap, so do it now.
+            from .check import decode_check
+
+            paths = [p for p, _ in decode_check(self._my_files(), num_threads=self.num_threads, progress=False)]
+        if paths:
+            where = f"image file{'s' if len(paths) > 1 else ''} {', '.join(paths[:10])}"
+        else:
+            where = f"an image in {root} (DALI did not name the file)"
         return UndecodableImageError(
             f"DALI could not read or decode {where}: {detail}\n"
             f"Run `i2e-check {root}` to list every file the pipeline cannot decode, then remove or "
             f"re-encode those files (e.g. re-save them as RGB JPEG)."
         )
+
+    def _my_files(self) -> list[str]:
+        files = self.source.files
+        if self.train:
+            return files
+        return files[self._eval_range[0]:self._eval_range[1]]
 
     # ----------------------------------------------------------------------------------------------
     # iteration
