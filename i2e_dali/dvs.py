@@ -40,6 +40,7 @@ import math
 import os
 import re
 import tempfile
+import zipfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,8 +340,11 @@ class FrameCache:
         target.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.stem}-", suffix=".tmp")
         try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez_compressed(f, frames=counts.astype(dtype))
+            # An .npz as np.savez_compressed writes it, but at zlib level 1: the mostly-zero counts compress
+            # about as well, ten times faster (level 6 took 80 % of the first pass).
+            with os.fdopen(fd, "wb") as f, zipfile.ZipFile(f, "w", zipfile.ZIP_DEFLATED, compresslevel=1) as zf:
+                with zf.open("frames.npy", "w", force_zip64=True) as member:
+                    np.lib.format.write_array(member, counts.astype(dtype), allow_pickle=False)
             os.replace(tmp, target)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
