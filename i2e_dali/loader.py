@@ -85,7 +85,8 @@ _PATH_PATTERNS = (
     re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
 )
 _AUTO_CHECK_LIMIT = 2000  # name the undecodable file(s) by re-decoding a shard up to this size
-_DALI_DATA_ERRORS = ("decod", "nvImageCodec", "File mapping", "open file", "jpeg", "image", "Reader")
+_DALI_DATA_ERRORS = ("failed to decode", "nvimagecodec", "file mapping", "open file", "could not decode",
+                     "decoder", "premature end", "invalid marker")
 
 
 class EventLoader:
@@ -108,6 +109,8 @@ class EventLoader:
             (straight to crop_size x crop_size, the authors' train-set export view).
         crop_size, resize_size: folder view sizes (default 224 / 256); out_size: CIFAR (default 128).
         prefetch_queue_depth, hw_decoder_load: DALI throughput knobs (see pipelines/folder.py).
+        pipeline_options: further fields of ``FolderPipelineConfig`` / ``CifarPipelineConfig``
+            (e.g. ``{"preallocate_width_hint": 0, "dont_use_mmap": True}``).
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class EventLoader:
         prefetch_queue_depth: int = 2,
         hw_decoder_load: float = 0.65,
         impl: str = "auto",
+        pipeline_options: dict | None = None,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -169,6 +173,7 @@ class EventLoader:
         self.num_threads = int(num_threads) if num_threads is not None else _default_threads(decode == "gpu")
         self.prefetch_queue_depth = int(prefetch_queue_depth)
         self.hw_decoder_load = float(hw_decoder_load)
+        self.pipeline_options = dict(pipeline_options or {})
 
         self.class_names: list[str] = list(source.classes)
         self.num_classes = len(self.class_names)
@@ -242,6 +247,7 @@ class EventLoader:
                 num_threads=self.num_threads, seed=self.seed, shard_id=shard_id, num_shards=num_shards,
                 prefetch_queue_depth=self.prefetch_queue_depth, hw_decoder_load=self.hw_decoder_load,
             )
+            self._apply_options(cfg)
             # The DALI seed differs per rank through shard_id; for eval (shard 0 of 1 everywhere) the
             # views are deterministic, so that does not matter.
             if not self.train:
@@ -263,11 +269,19 @@ class EventLoader:
                 shard_id=self.shard_id, num_shards=self.num_shards,
                 prefetch_queue_depth=self.prefetch_queue_depth,
             )
+            self._apply_options(cfg)
             pipe = build_cifar_pipeline(feed, cfg, checkpoint)
             # No reader: the feed ends each epoch with StopIteration and sizes the last batch itself.
             make = lambda: DALIGenericIterator(pipe, ["images", "ids"], auto_reset=False)  # noqa: E731
         self._iterator = self._dali_call(make)
         self._pipe = pipe
+
+    def _apply_options(self, cfg) -> None:
+        fixed = {"train", "batch_size", "device_id", "shard_id", "num_shards"}  # owned by the loader
+        for key, value in self.pipeline_options.items():
+            if key in fixed or not hasattr(cfg, key):
+                raise ValueError(f"pipeline_options: {key!r} is not a settable option of {type(cfg).__name__}")
+            setattr(cfg, key, value)
 
     def _dali_call(self, fn):
         """Run a DALI call; turn data errors (undecodable/unreadable files) into a project error."""
@@ -277,7 +291,13 @@ class EventLoader:
             raise
         except RuntimeError as exc:
             msg = str(exc)
-            if not any(k.lower() in msg.lower() for k in _DALI_DATA_ERRORS):
+            low = msg.lower()
+            if "out of memory" in low:
+                raise RuntimeError(
+                    f"DALI ran out of memory (batch_size={self.batch_size}, prefetch_queue_depth="
+                    f"{self.prefetch_queue_depth}); lower the batch size or the prefetch depth.\n{msg}"
+                ) from exc
+            if not any(k in low for k in _DALI_DATA_ERRORS):
                 raise
             raise self._data_error(msg) from exc
 

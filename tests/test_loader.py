@@ -255,3 +255,12 @@ def test_cifar_shards(cifar):
         ld = EventLoader(src, 4, train=False, device="cpu", num_threads=1, shard_id=r, num_shards=4, with_index=True)
         ids += [i for b in ld for i in b[2].tolist()]
     assert sorted(ids) == list(range(6))
+
+
+def test_pipeline_options_pass_through_and_are_checked(source):
+    ld = small(source, 4, train=False, pipeline_options={"dont_use_mmap": True, "prefetch_queue_depth": 1})
+    assert sum(e.shape[1] for e, _ in ld) == 15
+    with pytest.raises(ValueError, match="not a settable option"):
+        small(source, 4, train=False, pipeline_options={"shard_id": 1})
+    with pytest.raises(ValueError, match="not a settable option"):
+        small(source, 4, train=False, pipeline_options={"no_such_knob": 1})
