@@ -1,7 +1,6 @@
 """EventLoader on the CPU: exact events, labels, epochs, last-batch policy, sharding, exact resume."""
 from __future__ import annotations
 
-import collections
 import io
 import shutil
 
@@ -143,8 +142,7 @@ def test_explicit_shards_disjoint_and_cover(source, num_shards, batch):
         assert len(tr) == (15 // num_shards) // batch
         trains.append([i for _ in range(2) for b in tr for i in b[2].tolist()])
     assert sorted(evals) == list(range(15))
-    for r in range(num_shards):  # per epoch, the shards of one epoch never overlap
-        pass
+    # per epoch, the shards never overlap
     per_epoch = [[t[e * len(t) // 2:(e + 1) * len(t) // 2] for t in trains] for e in range(2)]
     for epoch in per_epoch:
         flat = [i for t in epoch for i in t]
