@@ -225,6 +225,7 @@ def _convert_torch(
     order: tuple[int, ...],
     motions: torch.Tensor,
     dtype: torch.dtype,
+    uniform: bool | None = None,
 ) -> torch.Tensor:
     batch, _, height, width = images.shape
     v, thr = intensity_and_threshold(images, ratio)
@@ -233,31 +234,28 @@ def _convert_torch(
     thr_on = thr.view(batch, 1, 1)
     thr_off = -thr_on
     out = torch.empty((len(order), batch, 2, height, width), dtype=dtype, device=images.device)
-    uniform = motions.shape[0] <= 1 or bool((motions == motions[:1]).all())
+    if uniform is None:  # caller-supplied motions: find out (a host sync on CUDA; the fused path has none)
+        uniform = motions.shape[0] <= 1 or bool((motions == motions[:1]).all())
+    choices = motions[:1].tolist() if uniform else motions.tolist()
     diff = torch.empty((batch, height, width), dtype=torch.float32, device=images.device)
 
-    def window(p: int, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+    def window(p: int) -> torch.Tensor:
         dr, dc = position_offset(p)
-        return vp[rows, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
+        return vp[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
 
     for t, group in enumerate(order):
         if uniform:
-            s, e = MOTION_GROUPS[group][int(motions[0, group])]
+            s, e = MOTION_GROUPS[group][choices[0][group]]
             torch.sub(window(e), window(s), out=diff)
-            # Comparisons write 0/1 straight into the output dtype: no bool temporary, no cast pass.
-            torch.ge(diff, thr_on, out=out[t, :, 0])
-            torch.le(diff, thr_off, out=out[t, :, 1])
-            continue
-        # Per-sample motions: one pass per distinct choice over the samples that drew it.
-        column = motions[:, group]
-        for choice in torch.unique(column).tolist():
-            rows = torch.nonzero(column == choice).squeeze(1)
-            s, e = MOTION_GROUPS[group][choice]
-            d = window(e, rows) - window(s, rows)
-            on = d >= thr_on[rows]
-            off = d <= thr_off[rows]
-            out[t, rows, 0] = on.to(dtype)
-            out[t, rows, 1] = off.to(dtype)
+        else:
+            # Per-sample motions: each sample's difference is a subtraction of two views of its own
+            # padded map (no gathers); the compares below still run once over the whole batch.
+            for b, row in enumerate(choices):
+                s, e = MOTION_GROUPS[group][row[group]]
+                torch.sub(window(e)[b], window(s)[b], out=diff[b])
+        # Comparisons write 0/1 straight into the output dtype: no bool temporary, no cast pass.
+        torch.ge(diff, thr_on, out=out[t, :, 0])
+        torch.le(diff, thr_off, out=out[t, :, 1])
     return out
 
 
@@ -309,17 +307,19 @@ def i2e_convert(
         raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
     images = _check_images(images, validate)
     batch = images.shape[0]
+    uniform = None
     if motions is None:
         gen_device = generator.device if generator is not None else images.device
         motions = draw_motions(batch, train=train, per_sample=per_sample, generator=generator, device=gen_device)
         motions = motions.to(images.device)  # valid by construction: no check, no CUDA sync
+        uniform = not train or not per_sample or batch == 1
     else:
         motions = _check_motions(motions, batch, images.device)
     if _fused_available(images, impl):
         from .i2e_triton import convert_fused
 
         return convert_fused(images, ratio=ratio, order=order, motions=motions, dtype=dtype)
-    return _convert_torch(images, ratio, order, motions, dtype)
+    return _convert_torch(images, ratio, order, motions, dtype, uniform)
 
 
 def event_rate(events: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
