@@ -197,3 +197,23 @@ def test_build_loaders_refuses_bad_trees(tmp_path):
     (tmp_path / "d" / "val" / "a").mkdir()
     with pytest.raises(FileNotFoundError, match="without .npz files: a"):
         build_loaders(args)
+
+
+def test_default_archive_is_numpys_and_levels_read_back(tmp_path):
+    import zipfile
+
+    ev = _events(7, T=8, H=30, W=40, p=0.05)
+    ours, numpys = io.BytesIO(), io.BytesIO()
+    write_npz(ours, ev, "dense")
+    np.savez_compressed(numpys, ev)
+    a, b = zipfile.ZipFile(ours), zipfile.ZipFile(numpys)
+    assert [(i.filename, i.compress_size, i.compress_type) for i in a.infolist()] == \
+        [(i.filename, i.compress_size, i.compress_type) for i in b.infolist()]
+    assert a.read("arr_0.npy") == b.read("arr_0.npy")
+    for level in (1, 9):
+        for fmt in ("dense", "sparse"):
+            with open(tmp_path / f"{fmt}{level}.npz", "wb") as f:
+                write_npz(f, ev, fmt, level=level)
+            assert np.array_equal(load_events(tmp_path / f"{fmt}{level}.npz"), ev)
+    with pytest.raises(ValueError, match="compression level"):
+        write_npz(io.BytesIO(), ev, "dense", level=11)
