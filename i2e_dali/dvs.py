@@ -477,7 +477,7 @@ def build_loaders(args):
 
     Reads ``data``, ``batch_size``, ``timesteps``, ``seed``, ``workers``, ``device``, ``cache_dir`` (may be
     None) and ``val_fraction``; optionally ``dvs_split`` ("seeded"/"authors"), ``dvs_polarity``
-    ("on-off"/"spikingjelly"), ``dvs_binarize`` and ``dvs_flip`` (training flips, default on).
+    ("on-off"/"spikingjelly"), ``dvs_binarize``, ``dvs_flip`` (training flips, default on) and ``progress``.
     """
     from .frame_loader import FrameLoader
 
@@ -497,7 +497,19 @@ def build_loaders(args):
         binarize=getattr(args, "dvs_binarize", False),
         workers=workers,
     )
-    train_set = CIFAR10DVS(args.data, True, **common)
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    rank = torch.distributed.get_rank() if distributed else 0
+    progress = bool(getattr(args, "progress", True)) and rank == 0
+    # Under DDP rank 0 parses and caches first while the others wait, so the work is not done world-size
+    # times over; rank 0 reaches the barrier even when it fails, and the others then fail the same way
+    # instead of hanging.
+    if distributed and rank != 0:
+        torch.distributed.barrier()
+    try:
+        train_set = CIFAR10DVS(args.data, True, progress=progress, **common)
+    finally:
+        if distributed and rank == 0:
+            torch.distributed.barrier()
     val_set = CIFAR10DVS(args.data, False, progress=False, **common)
     loader_kw = dict(device=getattr(args, "device", "auto") or "auto", seed=seed, num_workers=workers)
     train_loader = FrameLoader(

@@ -6,9 +6,13 @@ plain ``struct`` loops, frames are counted event by event in Python.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import struct
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -435,3 +439,52 @@ def test_unwritable_cache_dir_says_what_to_do(tmp_path):
     blocker.write_text("not a folder")
     with pytest.raises(dvs.DVSCacheError, match="--cache-dir"):
         CIFAR10DVS(tmp_path / "d", True, cache_dir=blocker, progress=False)
+
+
+_DIST_WORKER = textwrap.dedent(
+    """
+    import argparse, json, sys
+    import torch.distributed as dist
+    from i2e_dali import dvs
+    rank = int(sys.argv[1])
+    dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
+    args = argparse.Namespace(data={data!r}, batch_size=2, timesteps=4, seed=1, workers=0, device="cpu",
+                              cache_dir={cache!r}, val_fraction=0.25, progress=False)
+    try:
+        train, val = dvs.build_loaders(args)
+    except dvs.DVSFormatError as exc:
+        json.dump({{"error": str(exc)}}, open({outdir!r} + f"/rank{{rank}}.json", "w"))
+        raise SystemExit(3)
+    labels = [l for _, y in val for l in y.tolist()]
+    json.dump({{"parsed": train.dataset.parsed, "val_labels": labels, "val_total": val.total_samples}},
+              open({outdir!r} + f"/rank{{rank}}.json", "w"))
+    dist.destroy_process_group()
+    """
+)
+
+
+def _run_two_ranks(tmp_path, data, tag):
+    out = tmp_path / tag
+    out.mkdir()
+    script = out / "worker.py"
+    script.write_text(_DIST_WORKER.format(init=f"file://{out / 'store'}", data=str(data),
+                                          cache=str(tmp_path / "cache"), outdir=str(out)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    procs = [subprocess.Popen([sys.executable, str(script), str(r)], env=env) for r in range(2)]
+    codes = [p.wait(timeout=120) for p in procs]  # a hang fails here instead of blocking the suite
+    return codes, [json.loads((out / f"rank{r}.json").read_text()) for r in range(2)]
+
+
+@pytest.mark.slow  # four Python processes importing torch: ~15-30 s on 2 busy cores
+def test_ddp_rank0_parses_once_and_a_bad_file_fails_every_rank(tmp_path):
+    make_dataset(tmp_path / "d", {"airplane": 4, "cat": 4}, n_events=100)
+    codes, (r0, r1) = _run_two_ranks(tmp_path, tmp_path / "d", "good")
+    assert codes == [0, 0]
+    assert (r0["parsed"], r1["parsed"]) == (8, 0)  # rank 1 waited and found everything cached
+    assert r0["val_total"] == 2 and sorted(r0["val_labels"] + r1["val_labels"]) == [0, 1]
+    # A corrupt recording: rank 0 fails, still releases rank 1, which fails the same way (no hang).
+    bad = tmp_path / "d" / "cat" / "cifar10_cat_9.aedat"
+    bad.write_bytes(b"garbage")
+    codes, results = _run_two_ranks(tmp_path, tmp_path / "d", "bad")
+    assert codes == [3, 3]
+    assert all("cifar10_cat_9.aedat" in r["error"] for r in results)
