@@ -452,6 +452,13 @@ class CIFAR10DVS(Dataset):
         self.cache = FrameCache(self.root / ".i2e_cache" if cache_dir is None else cache_dir, timesteps)
         paths, self.parsed = self.cache.ensure([r for r, _ in recordings], workers=workers, progress=progress)
         chosen = train_idx if self.train else val_idx
+        if not chosen:
+            side = "training" if self.train else "validation"
+            raise ValueError(
+                f"CIFAR10-DVS at {self.root}: the {split!r} split with val_fraction={val_fraction} leaves no "
+                f"{side} recordings ({len(recordings)} recordings in {len(self.classes)} classes); add recordings "
+                "or change --val-fraction / --dvs-split"
+            )
         self.recordings = [recordings[i][0] for i in chosen]
         self.targets = [recordings[i][1] for i in chosen]
         self._frames = [paths[i] for i in chosen]

@@ -273,6 +273,9 @@ def test_dataset_folder_errors(tmp_path):
         CIFAR10DVS(tmp_path / "d", True, val_fraction=1.0)
     with pytest.raises(ValueError, match="split mode"):
         CIFAR10DVS(tmp_path / "d", True, split="random")
+    # spikingjelly's rule keeps ceil(0.9 * 2) = 2 of 2 for training: nothing left to validate.
+    with pytest.raises(ValueError, match="leaves no validation recordings"):
+        CIFAR10DVS(tmp_path / "d", False, split="authors")
 
 
 # ------------------------------------------------------------------------------------------------
