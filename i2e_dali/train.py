@@ -493,6 +493,7 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -505,6 +506,15 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
         finally:
             os.close(dfd)
     return path
+
+
+def _umask() -> int:
+    # read it where the OS shows it: os.umask() can only read by setting, racy with other threads
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    return 0o022
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:
@@ -602,11 +612,14 @@ class Trainer:
                                        label_smoothing=args.label_smoothing, channels_last=args.channels_last)
         self._replay = 0  # batches to skip at the next epoch start (resume with a stateless loader)
         self._loader_restored = False  # the loader's own state was restored (it continues mid-epoch)
+        self._epoch_loss_sum = 0.0  # this rank's loss sum / steps of the current epoch, kept across a resume
+        self._epoch_steps = 0
 
     # ---------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict | None:
         """The checkpoint dict on rank 0 (None elsewhere). Collective under DDP."""
-        per_rank = {"rng": rng_state(self.rt.device)}
+        per_rank = {"rng": rng_state(self.rt.device), "epoch_loss_sum": float(self._epoch_loss_sum),
+                    "epoch_steps": int(self._epoch_steps)}
         if hasattr(self.train_loader, "state_dict"):
             per_rank["loader"] = self.train_loader.state_dict()
         ranks = _gather(per_rank, self.rt)
@@ -657,6 +670,9 @@ class Trainer:
         if ckpt.get("world_size") == self.rt.world_size and len(ranks) == self.rt.world_size:
             mine = ranks[self.rt.rank]
             set_rng_state(mine["rng"], self.rt.device)
+            if self.state.step_in_epoch:
+                self._epoch_loss_sum = float(mine.get("epoch_loss_sum", 0.0))
+                self._epoch_steps = int(mine.get("epoch_steps", 0))
             if "loader" in mine and hasattr(self.train_loader, "load_state_dict"):
                 self.train_loader.load_state_dict(mine["loader"])
                 self._loader_restored = True
@@ -739,7 +755,8 @@ def train_one_epoch(tr: Trainer) -> dict:
     global_batch = args.batch_size * rt.world_size
     bar = tqdm(total=n, initial=start, desc=f"epoch {s.epoch + 1}/{args.epochs}", unit="batch",
                disable=not (rt.is_main and args.progress), dynamic_ncols=True, leave=False)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=rt.device)
+    loss_sum = torch.full((), tr._epoch_loss_sum, dtype=torch.float64, device=rt.device)
+    prior_steps = tr._epoch_steps  # steps of this epoch done before a resume
     steps = 0
     wait_s = compute_s = 0.0
     win_wait = win_compute = 0.0
@@ -794,6 +811,7 @@ def train_one_epoch(tr: Trainer) -> dict:
                 win_wait = win_compute = 0.0
                 win_steps = 0
             if args.ckpt_every and s.global_step % args.ckpt_every == 0 and i + 1 < n:
+                tr._epoch_loss_sum, tr._epoch_steps = loss_sum.item(), prior_steps + steps
                 tr.save("last.pt")
                 t_prev = time.perf_counter()  # checkpoint time is neither data wait nor compute
     finally:
@@ -811,7 +829,8 @@ def train_one_epoch(tr: Trainer) -> dict:
     elapsed = time.perf_counter() - t_start
     if rt.distributed:
         dist.all_reduce(loss_sum)
-    mean_loss = loss_sum.item() / max(steps * rt.world_size, 1)
+    mean_loss = loss_sum.item() / max((prior_steps + steps) * rt.world_size, 1)
+    tr._epoch_loss_sum, tr._epoch_steps = 0.0, 0
     return {
         "loss": mean_loss,
         "steps": steps,
