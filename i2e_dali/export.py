@@ -278,7 +278,11 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
     for c in {t.parent for t in targets}:
         c.mkdir(parents=True, exist_ok=True)
 
-    todo = [i for i, t in enumerate(targets) if not (t.exists() and _complete(t, cfg.format, frame_shape, cfg.verify))]
+    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    # Checking finished files is I/O (zip directory + npy header each): overlap it on a thread pool.
+    with ThreadPoolExecutor(max_workers=2 * workers) as checker:
+        done = list(checker.map(lambda t: t.exists() and _complete(t, cfg.format, frame_shape, cfg.verify), targets))
+    todo = [i for i, finished in enumerate(done) if not finished]
     summary.skipped = len(targets) - len(todo)
     if not todo:
         summary.seconds = time.perf_counter() - started
@@ -291,7 +295,6 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
         ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, device=cfg.device,
         num_threads=cfg.dali_threads, shard_id=0, num_shards=1,
     )
-    workers = cfg.workers or min(8, os.cpu_count() or 1)
     per_t = np.zeros(cfg.timesteps, dtype=np.int64)
     pending: deque[tuple[Future, int]] = deque()
     bar = tqdm(total=len(todo), desc=f"export {split}", unit="file", disable=True if cfg.progress is False else None)

@@ -263,6 +263,16 @@ def read_meta(root: str | os.PathLike) -> dict | None:
 # --------------------------------------------------------------------------------------------------
 # datasets
 # --------------------------------------------------------------------------------------------------
+def _class_files(folder: Path) -> list[Path]:
+    # Same walk as the image scan (i2e_dali.datasets): nested folders belong to the class, sorted,
+    # a folder's own files before its sub-folders', hidden names (our temp files) skipped.
+    found = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        found += [Path(dirpath, f) for f in sorted(filenames) if f.endswith(".npz") and not f.startswith(".")]
+    return found
+
+
 def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     if not root.is_dir():
         raise FileNotFoundError(f"event dataset folder {root} does not exist (expected <split>/<class>/<name>.npz)")
@@ -272,7 +282,7 @@ def _scan(root: Path) -> tuple[list[str], list[tuple[Path, int]]]:
     samples: list[tuple[Path, int]] = []
     empty = []
     for label, name in enumerate(classes):
-        files = sorted(p for p in (root / name).iterdir() if p.suffix == ".npz" and p.is_file() and not p.name.startswith("."))
+        files = _class_files(root / name)
         if not files:
             empty.append(name)
         samples.extend((p, label) for p in files)

@@ -60,14 +60,15 @@ def make_cifar(root: Path, per_batch=3, seed=0):
     return folder
 
 
-def live_events(source, view, **kw):
+def live_events(source, view, device="cpu", **kw):
     """index -> bool events [T, 2, H, W] from the live loader (evaluation mode)."""
     loader = EventLoader(source, 4, train=False, with_index=True, eval_view=view, dtype=torch.bool,
-                         device="cpu", num_threads=1, **kw)
+                         device=device, num_threads=1, **kw)
     out = {}
     for ev, _, idx in loader:
+        assert ev.device.type == torch.device(device).type
         for b, i in enumerate(idx.tolist()):
-            out[i] = ev[:, b].numpy()
+            out[i] = ev[:, b].cpu().numpy()
     assert len(out) == len(source.samples)
     return out
 
@@ -115,6 +116,30 @@ def test_export_round_trip_equals_live_conversion(images, tmp_path, fmt):
             rows = d["arr_0"]
         on = live[0][rows[rows[:, 1] == 1][:, 0], 0, rows[rows[:, 1] == 1][:, 3], rows[rows[:, 1] == 1][:, 2]]
         assert rows.dtype == np.uint8 and on.all() and len(rows) == live[0].sum()
+
+
+def test_nested_folders_keep_their_layout_and_order(tmp_path):
+    data = make_images(tmp_path / "data", {"train": 1, "val": 3}, seed=5)
+    (data / "val" / "dog" / "sub").mkdir()
+    (data / "val" / "dog" / "dog_01.JPEG").rename(data / "val" / "dog" / "sub" / "dog_01.JPEG")
+    export(_cfg(data, tmp_path / "out", splits=("val",)))
+    src = ImageFolderSource(data / "val")
+    ds = NpzEventDataset(tmp_path / "out" / "val")
+    assert (tmp_path / "out" / "val" / "dog" / "sub" / "dog_01.npz").is_file()
+    want = [Path(p).relative_to(src.root).with_suffix(".npz") for p, _ in src.samples]
+    assert [p.relative_to(ds.root) for p, _ in ds.samples] == want
+    assert [lab for _, lab in ds.samples] == [lab for _, lab in src.samples]
+
+
+@pytest.mark.gpu
+def test_gpu_export_round_trip(images, tmp_path):
+    out = tmp_path / "out"
+    export(_cfg(images, out, splits=("val",), device="cuda"))
+    src = ImageFolderSource(images / "val")
+    live = live_events(src, "crop", device="cuda")  # GPU decode + fused conversion, as the export
+    ds = NpzEventDataset(out / "val")
+    for i in range(len(src.samples)):
+        assert np.array_equal(ds[i][0].numpy(), live[i])
 
 
 def test_cifar_export_names_by_index_and_matches_live(tmp_path):

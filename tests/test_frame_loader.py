@@ -91,6 +91,16 @@ def test_workers_give_the_same_batches_as_in_process():
         assert torch.equal(e1, e2) and torch.equal(l1, l2) and torch.equal(i1, i2)
 
 
+@pytest.mark.gpu
+def test_cuda_device_gives_the_cpu_batches_on_the_gpu():
+    ds = ToyFrames(12)
+    cpu = _collect(FrameLoader(ds, 4, train=True, num_workers=0, with_index=True, seed=2, device="cpu"))
+    gpu = _collect(FrameLoader(ds, 4, train=True, num_workers=2, with_index=True, seed=2, device="cuda"))
+    for (e1, l1, i1), (e2, l2, i2) in zip(cpu, gpu):
+        assert e2.is_cuda and l2.is_cuda and e2.dtype == torch.float32
+        assert torch.equal(e1, e2.cpu()) and torch.equal(l1, l2.cpu()) and torch.equal(i1, i2)
+
+
 def test_training_flip_is_a_horizontal_mirror_drawn_per_sample():
     ds = ToyFrames(64)
     loader = FrameLoader(ds, 16, train=True, num_workers=0, with_index=True, seed=1, dtype=torch.bool)

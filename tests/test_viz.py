@@ -71,8 +71,8 @@ def test_official_gifs_decode_to_8_frames_with_plausible_rates(official_samples)
         assert not (ev[:, 0] & ev[:, 1]).any()  # I2E never fires both polarities at once
         rates.append(ev.mean())
     rates = np.array(rates)
-    # ratio 0.12 is chosen for ~5 % of pixels firing (per polarity ~2.5 %)
-    assert 0.01 < rates.mean() < 0.06 and (rates > 0).all()
+    # ratio 0.12 is chosen for about 5 % of the (pixel, polarity, timestep) cells firing
+    assert 0.03 < rates.mean() < 0.09 and (rates > 0).all()  # measured: 0.058
 
 
 def _f1(a, b):
