@@ -211,7 +211,7 @@ def main(argv=None) -> int:
         images = load_sample(source, args.samples, view=view, seed=args.seed).to(device)
         result = find_ratio(images, args.target_rate, timesteps=args.timesteps, order=order, tol=args.tol,
                             progress=False if args.no_progress else None)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, OSError) as exc:
         print(f"i2e-calibrate: error: {exc}", file=sys.stderr)
         return 1
     letters = "abcdefgh"

@@ -422,7 +422,7 @@ def main(argv=None) -> int:
     )
     try:
         summaries = export(cfg)
-    except (ExportError, ValueError, FileNotFoundError) as exc:
+    except (ExportError, ValueError, OSError) as exc:
         print(f"i2e-export: error: {exc}", file=sys.stderr)
         return 1
     for s in summaries:
