@@ -256,6 +256,15 @@ def extract_state_dict(obj, *, source: str = "checkpoint") -> dict[str, torch.Te
     return out
 
 
+def _numpy_safe_globals() -> list:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    out = [core.multiarray.scalar, np.dtype]
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return out
+
+
 def load_pretrained(model: nn.Module, path, *, num_classes: int | None = None, strict: bool = True) -> list[str]:
     """Load weights from ``path`` into ``model`` (ours or the authors' checkpoint).
 
@@ -270,7 +279,9 @@ def load_pretrained(model: nn.Module, path, *, num_classes: int | None = None, s
     if not path.is_file():
         raise FileNotFoundError(f"pretrained weights not found: {path}")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        # numpy scalars/dtypes (e.g. a stored accuracy) are data, not code: allowed besides tensors
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - the message says what to do
         raise CheckpointError(
             f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e}). "

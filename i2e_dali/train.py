@@ -773,14 +773,7 @@ def train_one_epoch(tr: Trainer) -> dict:
                     f"the training loader ended after {i} of {n} batches; its len() does not match what it yields"
                 ) from None
             t_data = time.perf_counter()
-            try:
-                loss = tr.step_fn(events, labels)
-            except torch.OutOfMemoryError as e:
-                raise TrainError(
-                    f"out of GPU memory at batch size {args.batch_size} (T={args.timesteps}, "
-                    f"{tuple(events.shape[-2:])} px): lower --batch-size (e.g. {max(1, args.batch_size // 2)}), "
-                    "--timesteps or --size, or keep --amp on"
-                ) from e
+            loss = tr.step_fn(events, labels)
             tr.scheduler.step()
             loss_sum += loss.double()
             steps += 1
@@ -1002,7 +995,16 @@ def run(args: argparse.Namespace) -> dict | None:
         result = trainer.fit()
         if result is None:
             log.info("nothing to do: the checkpoint already finished %d epochs", trainer.state.epoch)
+        else:
+            log.info("done: %d/%d epochs, last top-1 %.2f%%, best %.2f%%; checkpoints %s/{last,best}.pt",
+                     trainer.state.epoch, args.epochs, result["val_top1"], trainer.state.best_top1, output_dir)
         return result
+    except torch.OutOfMemoryError as e:
+        raise TrainError(
+            f"out of GPU memory with --batch-size {args.batch_size} per GPU (T={args.timesteps}, size {args.size}): "
+            f"lower --batch-size (e.g. {max(1, args.batch_size // 2)}), or --timesteps/--size; keep --amp on "
+            f"({str(e).splitlines()[0] if str(e) else 'CUDA OOM'})"
+        ) from None
     finally:
         if writer is not None:
             writer.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pickle
 
+import numpy as np
 import pytest
 import torch
 from spikingjelly.activation_based import functional, neuron, surrogate
@@ -137,7 +138,7 @@ def _authors_checkpoint(model, path, extra=True):
     sd = {f"module.{k}": v.clone() for k, v in model.state_dict().items()}
     if extra:
         sd["module.i2e.weight"] = torch.zeros(8, 1, 3, 3)
-    torch.save({"epoch": 127, "state_dict": sd, "best_acc1": 60.5}, path)
+    torch.save({"epoch": 127, "state_dict": sd, "best_acc1": np.float64(60.5)}, path)  # numpy scalars happen
 
 
 def _randomise(model):

@@ -153,3 +153,18 @@ def test_evaluate_pretrained_and_mismatches(data4, reference, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(tiny_args(data4, tmp_path / "w", "--pretrained", str(tmp_path / "missing.pt")))
     assert "missing.pt" in capsys.readouterr().err
+
+
+def test_out_of_memory_names_the_flag_to_lower(data4, tmp_path, monkeypatch, capsys):
+    import i2e_dali.train as train
+
+    def oom_step(*a, **k):
+        def step(events, labels):
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return step
+
+    monkeypatch.setattr(train, "make_train_step", oom_step)
+    with pytest.raises(SystemExit):
+        main(tiny_args(data4, tmp_path, "-b", "4"))
+    err = capsys.readouterr().err
+    assert "out of GPU memory with --batch-size 4" in err and "lower --batch-size (e.g. 2)" in err
