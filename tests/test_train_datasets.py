@@ -87,3 +87,42 @@ def test_wrong_dataset_kind_for_a_checkpoint(tmp_path, capsys):
         main(["--dataset", "cifar10-dvs", "--data", str(dvs), "--cache-dir", str(tmp_path / "c"),
               "--resume", str(tmp_path / "a" / "last.pt"), *_small(tmp_path / "b")])
     assert "data set i2e-npz (this run: --dataset cifar10-dvs)" in capsys.readouterr().err
+
+
+def _cifar10(root: Path, per_batch=4, test=6) -> Path:
+    """The official CIFAR-10 python layout in miniature: data_batch_1..5, test_batch, batches.meta."""
+    import pickle
+
+    rng = np.random.default_rng(2)
+    root.mkdir(parents=True)
+
+    def batch(n):
+        labels = rng.integers(0, 10, n)
+        data = rng.integers(0, 60, (n, 3, 32, 32), dtype=np.uint8)
+        for i, c in enumerate(labels):  # a bright square whose place depends on the class
+            data[i, :, 3 * c: 3 * c + 8, 4:12] = 230
+        return {b"data": data.reshape(n, -1), b"labels": labels.tolist(),
+                b"filenames": [f"img_{rng.integers(1e9)}.png".encode() for _ in range(n)]}
+
+    for i in range(1, 6):
+        (root / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_batch)))
+    (root / "test_batch").write_bytes(pickle.dumps(batch(test)))
+    names = [b"airplane", b"automobile", b"bird", b"cat", b"deer", b"dog", b"frog", b"horse", b"ship", b"truck"]
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": names}))
+    return root
+
+
+def test_cifar10_through_dali_and_exact_resume(tmp_path):
+    data = _cifar10(tmp_path / "cifar-10-batches-py")
+    args = ["--dataset", "cifar10", "--data", str(tmp_path), "--size", "16", "-T", "2", "--width", "4", "-b", "4",
+            "--epochs", "2", "--no-progress", "--no-tensorboard"]
+    main([*args, "-o", str(tmp_path / "a")])
+    m = metrics(tmp_path / "a")
+    assert [r["val_count"] for r in m] == [6, 6] and m[0]["train_steps"] == 5
+    main([*args, "-o", str(tmp_path / "b"), "--stop-after-epoch", "1"])
+    main([*args, "-o", str(tmp_path / "b"), "--resume", "auto"])
+    a = torch.load(tmp_path / "a" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "b" / "last.pt", weights_only=True)
+    assert a["class_names"][:2] == ["airplane", "automobile"] and data.is_dir()
+    for k, v in a["model"].items():
+        assert torch.equal(v, b["model"][k]), k
