@@ -930,7 +930,11 @@ def run(args: argparse.Namespace) -> dict | None:
             if args.pretrained:
                 log.info("--pretrained %s ignored: resuming %s", args.pretrained, resume_path)
         elif args.pretrained:
-            for note in load_pretrained(model, args.pretrained, num_classes=num_classes):
+            notes = load_pretrained(model, args.pretrained, num_classes=num_classes)
+            if args.evaluate and notes:
+                raise CheckpointError(f"--pretrained {args.pretrained} cannot be evaluated on this data set: "
+                                      + "; ".join(notes))
+            for note in notes:
                 log.info("--pretrained: %s", note)
             log.info("loaded weights from %s", args.pretrained)
 
@@ -985,6 +989,18 @@ def run(args: argparse.Namespace) -> dict | None:
                     "continue. Resume with the same settings, or use --pretrained."
                 )
             trainer.restore(ckpt, str(resume_path))
+            saved_epochs = (ckpt.get("config") or {}).get("epochs")
+            if saved_epochs != args.epochs:
+                # a longer (or shorter) run than planned: continue on the cosine of an --epochs run, as if it
+                # had been planned so from the start (the lr may rise again after a finished run)
+                scheduler.T_max = args.epochs * steps_per_epoch
+                t = min(scheduler.last_epoch, scheduler.T_max)
+                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
+                    group["lr"] = args.lr_min + (base - args.lr_min) * (1 + math.cos(math.pi * t / scheduler.T_max)) / 2
+                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
+                log.warning("--epochs %d differs from the checkpoint's %s: the cosine schedule now spans %d epochs "
+                            "(lr %.3g at this point)", args.epochs, saved_epochs, args.epochs,
+                            optimizer.param_groups[0]["lr"])
             del ckpt
         if rt.is_main:
             with open(output_dir / "config.json", "w") as f:

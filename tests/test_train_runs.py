@@ -168,3 +168,18 @@ def test_out_of_memory_names_the_flag_to_lower(data4, tmp_path, monkeypatch, cap
         main(tiny_args(data4, tmp_path, "-b", "4"))
     err = capsys.readouterr().err
     assert "out of GPU memory with --batch-size 4" in err and "lower --batch-size (e.g. 2)" in err
+
+
+def test_extending_a_finished_run_follows_the_longer_cosine(data4, reference, tmp_path):
+    import math
+    import shutil
+
+    shutil.copy(reference / "last.pt", tmp_path / "last.pt")
+    main(tiny_args(data4, tmp_path, "--resume", "auto", epochs=3))
+    m = metrics(tmp_path)
+    assert [r["epoch"] for r in m] == [3]
+    expect = 5e-5 + (0.1 - 5e-5) * (1 + math.cos(math.pi * 3 / 3)) / 2
+    assert m[0]["train_lr"] == pytest.approx(expect)
+    ck = _load(tmp_path / "last.pt")
+    assert ck["global_step"] == 48 and ck["scheduler"]["T_max"] == 48
+    assert "cosine schedule now spans 3 epochs" in (tmp_path / "train.log").read_text()
