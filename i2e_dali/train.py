@@ -596,7 +596,7 @@ class TrainState:
 
 
 class Trainer:
-    """Holds the pieces of one run; ``fit()`` runs epochs, ``checkpoint()`` writes the one format."""
+    """Holds the pieces of one run; ``fit()`` runs epochs, ``save()`` writes the one checkpoint format."""
 
     def __init__(self, args, rt, model, optimizer, scheduler, scaler, amp_dtype, train_loader, val_loader,
                  steps_per_epoch, output_dir: Path, writer=None):
