@@ -18,7 +18,8 @@ measured number) to ``--json`` (default ``benchmarks/results/<device>-<date>-<mo
   fraction of wall time the training loop spent waiting for data.
 - ``corpus``: write an ImageNet-like JPEG corpus from real photographs (``i2e_dali.corpus``).
 
-Timing: warm-up runs first, then repeated measurements; medians are reported. On CUDA, kernels are
+Timing: warm-up runs first, then repeated measurements; medians are reported (convert also keeps the
+minimum and every sample; its contenders take turns, so a noisy shared machine slows them alike). On CUDA, kernels are
 timed with CUDA events and loops end with a device synchronisation; on the CPU with perf_counter.
 Defaults are small on the CPU so every mode runs in seconds there (``--quick`` for smoke tests).
 """
@@ -189,6 +190,22 @@ def time_calls(fn: Callable[[], object], device: torch.device, *, warmup: int, r
     return samples
 
 
+def time_interleaved(fns: dict[str, Callable[[], object]], device: torch.device, *, warmup: int,
+                     repeats: int) -> dict[str, list[float]]:
+    """Like :func:`time_calls` for several contenders, taking turns (rotating who goes first) so that
+    interference from other work on a shared machine spreads over all of them alike."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    _sync(device)
+    names = list(fns)
+    samples = {name: [] for name in names}
+    for rep in range(repeats):
+        for name in names[rep % len(names):] + names[: rep % len(names)]:
+            samples[name].extend(time_calls(fns[name], device, warmup=0, repeats=1))
+    return samples
+
+
 def copy_bandwidth(device: torch.device, nbytes: int, *, warmup: int = 2, repeats: int = 5) -> float:
     """Device-to-device copy bandwidth in bytes/s, counting the read and the write (2 x nbytes)."""
     src = torch.empty(nbytes, dtype=torch.uint8, device=device).fill_(1)
@@ -248,6 +265,19 @@ def run_convert(args) -> dict:
     if "fused" in impls and (why := _fused_usable(device)):
         impls = [i for i in impls if i != "fused"]
         skipped["fused"] = why
+    fused_configs = {}
+    if args.fused_configs and "fused" in impls:
+        from .i2e_triton import FusedConfig
+
+        for spec in args.fused_configs:
+            try:
+                tile, warps, nreg = spec.split(":")
+                config = FusedConfig(int(tile), int(warps), None if nreg.lower() in ("none", "0") else int(nreg))
+            except ValueError as exc:
+                raise BenchError(f"--fused-configs {spec!r}: expected TILE_PIXELS:NUM_WARPS:MAXNREG "
+                                 f"(e.g. 1024:8:128, 512:4:none): {exc}") from exc
+            fused_configs[f"fused[{tile}/{warps}/{nreg}]"] = config
+        impls = impls + list(fused_configs)
     conv_i2e = _conv_baseline() if "conv" in impls else None
     env = environment(device)
     copy_bytes = args.copy_mib * 2**20 if args.copy_mib else ((1 << 30) if cuda else (64 << 20 if not args.quick else 8 << 20))
@@ -279,6 +309,15 @@ def run_convert(args) -> dict:
                                                                     motions=row, dtype=dtype))
                             outputs[impl] = conv_i2e(images, timesteps=timesteps, order=order,
                                                      motions=conv_motions, dtype=dtype)
+                        elif impl.startswith("fused["):
+                            from .i2e_triton import convert_fused
+
+                            config = fused_configs[impl]
+                            calls[impl] = (lambda config=config: convert_fused(
+                                images, ratio=0.12, order=order, dtype=dtype, config=config,
+                                motions=draw_motions(batch, train=train, generator=run_gen)))
+                            outputs[impl] = convert_fused(images, ratio=0.12, order=order, motions=motions,
+                                                          dtype=dtype, config=config)
                         else:
                             kind = "triton" if impl == "fused" else "torch"
                             # As the loader calls it: draws inside (no host sync), no value check.
@@ -303,8 +342,8 @@ def run_convert(args) -> dict:
                     bytes_in = images.numel() * images.element_size()
                     bytes_out = timesteps * batch * 2 * size * size * torch.empty((), dtype=dtype).element_size()
                     config_rows = []
-                    for impl, fn in calls.items():
-                        samples = time_calls(fn, device, warmup=warmup, repeats=repeats)
+                    timings = time_interleaved(calls, device, warmup=warmup, repeats=repeats)
+                    for impl, samples in timings.items():
                         sec = statistics.median(samples)
                         gbs = (bytes_in + bytes_out) / sec / 1e9
                         config_rows.append({
@@ -655,6 +694,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--modes", nargs="+", choices=["eval", "train"], help="canonical or random motions (default both)")
     c.add_argument("--impls", nargs="+", choices=["fused", "torch", "conv"], help="default all (fused on CUDA only)")
     c.add_argument("--repeats", type=int, help="timed runs per configuration (default GPU 30, CPU 5)")
+    c.add_argument("--fused-configs", nargs="+", metavar="TILE:WARPS:MAXNREG",
+                   help="also time the fused kernel at these launch shapes (GPU tuning), e.g. 512:4:none 2048:8:128")
     c.add_argument("--copy-mib", type=int, help="buffer for the copy-bandwidth roofline (default GPU 1024, CPU 64)")
 
     def data_args(sp):

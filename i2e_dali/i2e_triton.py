@@ -118,8 +118,8 @@ def _minmax_kernel(
     IS_U8: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    chunk = tl.program_id(0)
-    b = tl.program_id(1)
+    b = tl.program_id(0)  # batch on grid axis 0 (limit 2**31 - 1; axis 1 stops at 65535)
+    chunk = tl.program_id(1)
     idx = chunk * BLOCK + tl.arange(0, BLOCK)
     # Clamping the tail onto the last pixel keeps every load in bounds without a mask and cannot change
     # a min or a max (it only repeats a pixel).
@@ -191,8 +191,8 @@ def _convert_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    tile = tl.program_id(0)
-    b = tl.program_id(1)
+    b = tl.program_id(0)  # batch on grid axis 0 (limit 2**31 - 1; axis 1 stops at 65535)
+    tile = tl.program_id(1)
     b64 = b.to(tl.int64)
     tile_h = tile // tiles_w
     tile_w = tile - tile_h * tiles_w
@@ -286,9 +286,9 @@ def fused_threshold(images: torch.Tensor, ratio: float) -> torch.Tensor:
     pmin = torch.empty((batch, n_chunks), dtype=torch.float32, device=images.device)
     pmax = torch.empty_like(pmin)
     is_u8 = images.dtype == torch.uint8
-    _minmax_kernel[(n_chunks, batch)](
+    _minmax_kernel[(batch, n_chunks)](
         images, pmin, pmax, height, width, *images.stride(), n_chunks,
-        IS_U8=is_u8, BLOCK=_MINMAX_BLOCK, num_warps=8,
+        IS_U8=is_u8, BLOCK=_MINMAX_BLOCK, num_warps=8, enable_fp_fusion=False,
     )
     vmin, vmax = pmin.amin(dim=1), pmax.amax(dim=1)
     if is_u8:
@@ -336,6 +336,15 @@ def convert_fused(
         )
     _check_launchable(images)
 
+    if images.is_cuda:
+        # Triton launches on the current device; make it the images' device (multi-GPU processes).
+        with torch.cuda.device(images.device):
+            return _launch(images, ratio, order, motions, dtype, config)
+    return _launch(images, ratio, order, motions, dtype, config)
+
+
+def _launch(images, ratio, order, motions, dtype, config) -> torch.Tensor:
+    batch, _, height, width = images.shape
     timesteps = len(order)
     # bool output is written as bytes 0/1 and reinterpreted: same storage, no extra pass.
     store_dtype = torch.uint8 if dtype == torch.bool else dtype
@@ -343,7 +352,7 @@ def convert_fused(
     thr = fused_threshold(images, ratio)
     block_h, block_w = tile_shape(height, width, config.tile_pixels)
     tiles_w = triton.cdiv(width, block_w)
-    grid = (triton.cdiv(height, block_h) * tiles_w, batch)
+    grid = (batch, triton.cdiv(height, block_h) * tiles_w)
     order_code = sum(g << (3 * t) for t, g in enumerate(order))
     _convert_kernel[grid](
         images, thr, motions, out,

@@ -287,6 +287,13 @@ def test_kernel_compiles_for_sm90_without_fma():
     ptx = kernel.asm["ptx"]
     assert not re.search(r"\bfma\.", ptx)
     assert ptx.count("st.global") >= 16  # 8 timesteps x 2 polarities: nothing optimised away
+    # the other specialisations convert_fused launches: float input with byte output, and the min/max pass
+    float_in = dict(pointers, img_ptr="*bf16", out_ptr="*u8")
+    assert _compile_sm90(i2e_triton._convert_kernel, float_in, dict(constexprs, IS_U8=False, OUT_FLOAT=False, T=3),
+                         num_warps=8, maxnreg=128, enable_fp_fusion=False).asm.get("cubin")
+    minmax = dict(img_ptr="*u8", pmin_ptr="*fp32", pmax_ptr="*fp32")
+    assert _compile_sm90(i2e_triton._minmax_kernel, minmax, dict(IS_U8=True, BLOCK=2048),
+                         num_warps=8, enable_fp_fusion=False).asm.get("cubin")
     mini = dict(a_ptr="*fp32", b_ptr="*fp32", out_ptr="*fp32", scale="fp32")
     assert re.search(r"\bfma\.", _compile_sm90(_contractible, mini, {}, enable_fp_fusion=True).asm["ptx"])
     assert not re.search(r"\bfma\.", _compile_sm90(_contractible, mini, {}, enable_fp_fusion=False).asm["ptx"])
