@@ -309,6 +309,7 @@ def convert_fused(
     motions: torch.Tensor,
     dtype: torch.dtype,
     config: FusedConfig | None = None,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """I2E events ``[T, B, 2, H, W]`` from ``[B, 3, H, W]`` images in two kernel launches.
 
@@ -317,6 +318,7 @@ def convert_fused(
     within each group (any strides, e.g. an expanded batch-wide draw), ``dtype`` the output dtype.
     Any input strides are accepted (e.g. a channels-last batch viewed as [B, 3, H, W]) without a copy.
     ``config`` overrides the launch shape (tuning only; every shape gives the same events).
+    ``out`` is an optional contiguous output buffer (checked by ``i2e_convert``).
     """
     config = FusedConfig() if config is None else config
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -339,16 +341,19 @@ def convert_fused(
     if images.is_cuda:
         # Triton launches on the current device; make it the images' device (multi-GPU processes).
         with torch.cuda.device(images.device):
-            return _launch(images, ratio, order, motions, dtype, config)
-    return _launch(images, ratio, order, motions, dtype, config)
+            return _launch(images, ratio, order, motions, dtype, config, out)
+    return _launch(images, ratio, order, motions, dtype, config, out)
 
 
-def _launch(images, ratio, order, motions, dtype, config) -> torch.Tensor:
+def _launch(images, ratio, order, motions, dtype, config, out=None) -> torch.Tensor:
     batch, _, height, width = images.shape
     timesteps = len(order)
     # bool output is written as bytes 0/1 and reinterpreted: same storage, no extra pass.
     store_dtype = torch.uint8 if dtype == torch.bool else dtype
-    out = torch.empty((timesteps, batch, 2, height, width), dtype=store_dtype, device=images.device)
+    if out is None:
+        out = torch.empty((timesteps, batch, 2, height, width), dtype=store_dtype, device=images.device)
+    elif dtype == torch.bool:
+        out = out.view(torch.uint8)
     thr = fused_threshold(images, ratio)
     block_h, block_w = tile_shape(height, width, config.tile_pixels)
     tiles_w = triton.cdiv(width, block_w)

@@ -320,3 +320,17 @@ def test_cuda_matches_cpu_eval_and_train():
     a = i2e_convert(images.cuda(), train=True, generator=g1)
     b = i2e_convert(images.cuda(), train=True, generator=g2)
     assert torch.equal(a, b)
+
+
+def test_out_buffer_is_filled_and_reused():
+    images = torch.randint(0, 256, (4, 3, 12, 10), dtype=torch.uint8)
+    motions = draw_motions(4, train=True, generator=torch.Generator().manual_seed(8))
+    for dtype in (torch.bool, torch.float16, torch.float32):
+        buf = torch.full((8, 4, 2, 12, 10), 7, dtype=dtype) if dtype != torch.bool else torch.ones(8, 4, 2, 12, 10, dtype=torch.bool)
+        got = i2e_convert(images, motions=motions, dtype=dtype, out=buf)
+        assert got.data_ptr() == buf.data_ptr()
+        assert torch.equal(buf, i2e_convert(images, motions=motions, dtype=dtype))
+    with pytest.raises(ValueError, match="out must be a contiguous tensor"):
+        i2e_convert(images, dtype=torch.bool, out=torch.empty(8, 4, 2, 12, 10))  # wrong dtype
+    with pytest.raises(ValueError, match="out must be a contiguous tensor"):
+        i2e_convert(images, timesteps=4, out=torch.empty(8, 4, 2, 12, 10))  # wrong T

@@ -364,3 +364,13 @@ def test_gpu_module_form_train_and_eval():
     assert torch.equal(train_events.cpu(), i2e_convert(images.cpu(), motions=motions.cpu(), dtype=torch.bool))
     assert torch.equal(i2e.eval()(images).cpu(), i2e_convert(images.cpu(), dtype=torch.bool))
     assert MAX_TIMESTEPS == train_events.shape[0]
+
+
+def test_out_buffer_written_in_place(fused):
+    images = _images(3, 13, 11, seed=21)
+    motions = _all_choices(3)
+    for dtype in (torch.bool, torch.float32):
+        buf = torch.ones((8, 3, 2, 13, 11), dtype=dtype)
+        got = fused.convert_fused(images, ratio=0.12, order=DEFAULT_ORDER, motions=motions, dtype=dtype, out=buf)
+        assert got.data_ptr() == buf.data_ptr() and got.dtype == dtype
+        assert torch.equal(buf, _convert_torch(images, 0.12, DEFAULT_ORDER, motions, dtype))
