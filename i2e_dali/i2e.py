@@ -247,6 +247,12 @@ def _convert_torch(
         uniform = motions.shape[0] <= 1 or bool((motions == motions[:1]).all())
     choices = motions[:1].tolist() if uniform else motions.tolist()
     diff = torch.empty((batch, height, width), dtype=torch.float32, device=images.device)
+    # torch's CPU comparison kernels are ~4x slower writing bool/uint8 than writing float, so for the
+    # storage dtypes compare into a float scratch and cast it into a bool view of the output (uint8
+    # 0/1 bytes are bool bytes): two fast passes beat one slow one.
+    direct = dtype.is_floating_point
+    target = out if direct else out.view(torch.bool)
+    scratch = None if direct else torch.empty_like(diff)
 
     def window(p: int) -> torch.Tensor:
         dr, dc = position_offset(p)
@@ -262,9 +268,12 @@ def _convert_torch(
             for b, row in enumerate(choices):
                 s, e = MOTION_GROUPS[group][row[group]]
                 torch.sub(window(e)[b], window(s)[b], out=diff[b])
-        # Comparisons write 0/1 straight into the output dtype: no bool temporary, no cast pass.
-        torch.ge(diff, thr_on, out=out[t, :, 0])
-        torch.le(diff, thr_off, out=out[t, :, 1])
+        if direct:  # comparisons write 0/1 straight into the float output: no temporary, no cast
+            torch.ge(diff, thr_on, out=target[t, :, 0])
+            torch.le(diff, thr_off, out=target[t, :, 1])
+        else:
+            target[t, :, 0].copy_(torch.ge(diff, thr_on, out=scratch))
+            target[t, :, 1].copy_(torch.le(diff, thr_off, out=scratch))
     return out
 
 
