@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from . import placement
 from .i2e import DEFAULT_ORDER, draw_motions, i2e_convert
 
 __all__ = ["main", "build_parser", "run_convert", "run_loader", "run_train", "run_corpus", "copy_bandwidth"]
@@ -63,16 +64,10 @@ class BenchError(ValueError):
 # environment, timing, output
 # --------------------------------------------------------------------------------------------------
 def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else torch.device("cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise BenchError(f"--device {name}: torch sees no CUDA GPU on this machine; use --device cpu")
-    if device.type not in ("cuda", "cpu"):
-        raise BenchError(f"--device must be auto, cpu or cuda[:i], got {name!r}")
-    if device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", torch.cuda.current_device())
-    return device
+    try:
+        return placement.resolve_device(name)
+    except ValueError as exc:
+        raise BenchError(f"--device: {exc}") from None
 
 
 def _cpu_name() -> str:

@@ -199,7 +199,7 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     args = _parse_args(argv)
     from .datasets import open_source
-    from .frame_loader import resolve_device
+    from .placement import resolve_device
 
     try:
         order = parse_order(args.order, args.timesteps)

@@ -28,41 +28,13 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
-__all__ = ["FrameLoader", "ShardedSequentialSampler", "resolve_device", "default_shard"]
+from .placement import default_shard, resolve_device
+
+__all__ = ["FrameLoader", "ShardedSequentialSampler"]
 
 _DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 # Salt so the flip draws are independent of DistributedSampler's permutation (both seed from seed+epoch).
 _FLIP_SALT = 0x5EED_F11B
-
-
-def resolve_device(device: str | torch.device | None) -> torch.device:
-    """"auto"/None -> the current CUDA device when torch sees one, else the CPU."""
-    if device is None or (isinstance(device, str) and device == "auto"):
-        if torch.cuda.is_available():
-            return torch.device("cuda", torch.cuda.current_device())
-        return torch.device("cpu")
-    try:
-        device = torch.device(device)
-    except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device} was requested but torch sees no CUDA GPU; use device='cpu' or 'auto'")
-    return device
-
-
-def default_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
-    """(shard_id, num_shards); defaults to (rank, world_size) when torch.distributed is initialised."""
-    if shard_id is None and num_shards is None:
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            return torch.distributed.get_rank(), torch.distributed.get_world_size()
-        return 0, 1
-    if shard_id is None or num_shards is None:
-        raise ValueError("give both shard_id and num_shards, or neither (then torch.distributed decides)")
-    if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
-    if isinstance(shard_id, bool) or not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id must be an int in 0..{num_shards - 1}, got {shard_id!r}")
-    return shard_id, num_shards
 
 
 class ShardedSequentialSampler(Sampler[int]):

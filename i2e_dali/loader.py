@@ -34,37 +34,11 @@ import torch
 
 from .datasets import CifarSource, ImageFolderSource, UndecodableImageError, dali_error_detail
 from .i2e import i2e_convert, parse_order
+from .placement import default_shard, resolve_device
 
-__all__ = ["EventLoader", "resolve_device", "default_shard"]
+__all__ = ["EventLoader"]
 
 _STATE_VERSION = 1
-
-
-def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """"auto" -> the current CUDA device if torch sees one, else the CPU."""
-    if isinstance(device, str) and device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise ValueError(f"device {device} requested but torch sees no CUDA GPU; use device='cpu'")
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-    elif device.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu' or a CUDA device, got {device}")
-    return device
-
-
-def default_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:
-    """(shard_id, num_shards): explicit values, else (rank, world size) under torch.distributed, else (0, 1)."""
-    dist = torch.distributed
-    if shard_id is None and num_shards is None and dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    num_shards = 1 if num_shards is None else int(num_shards)
-    shard_id = 0 if shard_id is None else int(shard_id)
-    if num_shards < 1 or not 0 <= shard_id < num_shards:
-        raise ValueError(f"need 0 <= shard_id < num_shards, got shard_id={shard_id}, num_shards={num_shards}")
-    return shard_id, num_shards
 
 
 def _default_threads(gpu: bool) -> int:
