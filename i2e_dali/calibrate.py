@@ -120,18 +120,6 @@ def find_ratio(
 # --------------------------------------------------------------------------------------------------
 # the sample: evaluation-view pixels from the project's DALI graphs
 # --------------------------------------------------------------------------------------------------
-def _run_pipeline(pipe, count: int, key_images: int = 0) -> list[np.ndarray]:
-    pipe.build()
-    out: list[np.ndarray] = []
-    while len(out) < count:
-        try:
-            images = pipe.run()[key_images]
-        except StopIteration:
-            break
-        out.extend(images.as_array())
-    return out[:count]
-
-
 def load_sample(
     source,
     count: int,
@@ -140,37 +128,25 @@ def load_sample(
     seed: int = 2024,
     batch_size: int = 32,
     num_threads: int = 2,
+    device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """``count`` randomly chosen samples of ``source`` (seeded) in the evaluation view: uint8 [N,3,H,W]."""
+    """``count`` randomly chosen samples of ``source`` (seeded) in the evaluation view: uint8 [N,3,H,W].
+
+    Decoded once through the EventLoader (``convert=False``), so the bisection converts the same
+    pixels many times without decoding again.
+    """
+    from .loader import EventLoader
+
     n = len(source.samples)
     if n == 0:
         raise ValueError(f"{source!r} holds no samples")
     count = min(int(count), n)
     chosen = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
-    batch = min(batch_size, count)
-    try:
-        if getattr(source, "kind", "") == "cifar":
-            from pipelines.cifar import CifarFeed, CifarPipelineConfig, build_cifar_pipeline
-
-            feed = CifarFeed(np.ascontiguousarray(source.images[chosen]), batch, train=False)
-            cfg = CifarPipelineConfig(train=False, batch_size=batch, out_size=source.default_out_size,
-                                      num_threads=num_threads, enable_checkpointing=False)
-            pipe = build_cifar_pipeline(feed, cfg)
-        else:
-            from pipelines.folder import FolderPipelineConfig, build_folder_pipeline
-
-            files = [source.samples[i][0] for i in chosen]
-            cfg = FolderPipelineConfig(train=False, batch_size=batch, eval_view=view, num_threads=num_threads,
-                                       crop_size=source.default_crop_size, resize_size=source.default_resize_size,
-                                       enable_checkpointing=False)
-            pipe = build_folder_pipeline(files, list(range(count)), cfg)
-        arrays = _run_pipeline(pipe, count)
-    except RuntimeError as exc:
-        raise ValueError(
-            f"DALI could not decode the calibration sample from {getattr(source, 'root', source)}: {exc}\n"
-            f"Run `i2e-check {getattr(source, 'root', '')}` to find the files it cannot decode."
-        ) from exc
-    return torch.from_numpy(np.stack(arrays))
+    loader = EventLoader(
+        source.subset(chosen.tolist()), min(batch_size, count), train=False, convert=False,
+        eval_view=view, device=device, num_threads=num_threads, shard_id=0, num_shards=1,
+    )
+    return torch.cat([images for images, _ in loader])
 
 
 def _parse_args(argv):
@@ -208,7 +184,7 @@ def main(argv=None) -> int:
         device = resolve_device(args.device)
         source = open_source(args.data, args.split, args.dataset)
         view = args.view if args.view != "auto" else ("crop" if args.split == "val" else "resize")
-        images = load_sample(source, args.samples, view=view, seed=args.seed).to(device)
+        images = load_sample(source, args.samples, view=view, seed=args.seed, device=device)
         result = find_ratio(images, args.target_rate, timesteps=args.timesteps, order=order, tol=args.tol,
                             progress=False if args.no_progress else None)
     except (ValueError, OSError) as exc:

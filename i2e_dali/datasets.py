@@ -9,6 +9,7 @@ file or folder and says what to do; files that only a decoder can reject are fou
 """
 from __future__ import annotations
 
+import copy
 import os
 import pickle
 from dataclasses import dataclass, field
@@ -198,6 +199,12 @@ class ImageFolderSource:
     def __len__(self) -> int:
         return len(self.samples)
 
+    def subset(self, indices) -> "ImageFolderSource":
+        """The same source listing only ``indices`` (in that order); classes are kept."""
+        sub = copy.copy(self)
+        sub.samples = [self.samples[i] for i in indices]
+        return sub
+
     def __repr__(self) -> str:
         return f"ImageFolderSource({str(self.root)!r}, {len(self.samples)} images, {len(self.classes)} classes)"
 
@@ -333,6 +340,15 @@ class CifarSource:
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def subset(self, indices) -> "CifarSource":
+        """The same source holding only ``indices`` (in that order); classes are kept."""
+        indices = np.asarray(list(indices), dtype=np.int64)
+        sub = copy.copy(self)
+        sub.images = np.ascontiguousarray(self.images[indices])
+        sub.label_array = self.label_array[indices]
+        sub.samples = [self.samples[i] for i in indices.tolist()]
+        return sub
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"

@@ -18,7 +18,6 @@ files left by a killed run.
 from __future__ import annotations
 
 import argparse
-import copy
 import errno
 import json
 import os
@@ -232,18 +231,6 @@ def _write_one(path: Path, events: np.ndarray, fmt: str, opener: Callable, level
     return size
 
 
-def _subset(source, indices: list[int]):
-    """A shallow copy of ``source`` listing only ``indices`` (what is left to export)."""
-    if len(indices) == len(source.samples):
-        return source
-    sub = copy.copy(source)
-    sub.samples = [source.samples[i] for i in indices]
-    if _is_cifar(source):
-        sub.images = source.images[indices]
-        sub.label_array = source.label_array[indices]
-    return sub
-
-
 def _view_for(cfg: ExportConfig, split: str) -> str:
     if cfg.view == "auto":
         return DEFAULT_VIEWS[split]
@@ -288,7 +275,7 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
         summary.seconds = time.perf_counter() - started
         return summary
 
-    sub = _subset(source, todo)
+    sub = source if len(todo) == len(source.samples) else source.subset(todo)
     batch = min(cfg.batch_size, len(todo))
     loader = EventLoader(
         sub, batch, train=False, with_index=True, eval_view=view, dtype=torch.bool,

@@ -83,6 +83,8 @@ class EventLoader:
             (straight to crop_size x crop_size, the authors' train-set export view).
         crop_size, resize_size: folder view sizes (default 224 / 256); out_size: CIFAR (default 128).
         prefetch_queue_depth, hw_decoder_load: DALI throughput knobs (see pipelines/folder.py).
+        convert: False yields the decoded, augmented uint8 images ``[B, 3, H, W]`` in place of events
+            (calibration converts one sample many times); the stream contract is the same.
         pipeline_options: further fields of ``FolderPipelineConfig`` / ``CifarPipelineConfig``
             (e.g. ``{"preallocate_width_hint": 0, "dont_use_mmap": True}``).
     """
@@ -113,6 +115,7 @@ class EventLoader:
         hw_decoder_load: float = 0.65,
         impl: str = "auto",
         pipeline_options: dict | None = None,
+        convert: bool = True,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
@@ -133,6 +136,7 @@ class EventLoader:
         self.dtype = dtype
         self.impl = impl
         self.with_index = bool(with_index)
+        self.convert = bool(convert)
         self.eval_view = eval_view
         self.seed = int(seed)
         self.device = resolve_device(device)
@@ -339,11 +343,13 @@ class EventLoader:
             images = images.to(self.device, non_blocking=True)
             ids = ids.to(self.device, non_blocking=True)
         ids = ids.reshape(-1).to(torch.int64)
-        events = i2e_convert(
-            images, ratio=self.ratio, timesteps=self.timesteps, order=self.order, train=self.train,
-            per_sample=self.per_sample, generator=self._generator, dtype=self.dtype, impl=self.impl,
-            validate=False,
-        )
+        events = images
+        if self.convert:
+            events = i2e_convert(
+                images, ratio=self.ratio, timesteps=self.timesteps, order=self.order, train=self.train,
+                per_sample=self.per_sample, generator=self._generator, dtype=self.dtype, impl=self.impl,
+                validate=False,
+            )
         labels = self._labels[ids]
         if self.with_index:
             return events, labels, ids

@@ -262,3 +262,21 @@ def test_pipeline_options_pass_through_and_are_checked(source):
         small(source, 4, train=False, pipeline_options={"shard_id": 1})
     with pytest.raises(ValueError, match="not a settable option"):
         small(source, 4, train=False, pipeline_options={"no_such_knob": 1})
+
+
+def test_images_mode_and_subset_feed_the_same_conversion(source, cifar):
+    # convert=False hands out the uint8 views the conversion would have seen; subset() keeps order.
+    picked = [7, 2, 5, 0]
+    sub = source.subset(picked)
+    assert sub.samples == [source.samples[i] for i in picked] and sub.classes == source.classes
+    images = torch.cat([im for im, _ in small(sub, 3, train=False, convert=False)])
+    assert images.dtype == torch.uint8 and images.shape == (4, 3, 16, 16)
+    events = torch.cat([ev for ev, _ in small(sub, 3, train=False)], dim=1)
+    assert torch.equal(events, i2e_convert(images, ratio=0.12, impl="torch"))
+    folder, _ = cifar
+    full = CifarSource(folder, train=False)
+    csub = full.subset([4, 1])
+    assert csub.samples == [full.samples[4], full.samples[1]]
+    assert np.array_equal(csub.images, full.images[[4, 1]]) and csub.label_array.tolist() == full.label_array[[4, 1]].tolist()
+    pix = torch.cat([im for im, _ in EventLoader(csub, 2, train=False, convert=False, device="cpu", num_threads=1)])
+    assert pix.shape == (2, 3, 128, 128) and pix.dtype == torch.uint8
