@@ -1,1 +1,18 @@
 """DALI graphs only (no torch): read, shard, decode, augment; uint8 out."""
+from __future__ import annotations
+
+
+def pipeline_options(cfg, checkpoint: str | None) -> dict:
+    """The ``@pipeline_def`` keywords every graph here takes from its config.
+
+    One seed per shard: ranks draw different crops/flips, and a rerun draws the same ones.
+    """
+    return dict(
+        batch_size=cfg.batch_size,
+        num_threads=cfg.num_threads,
+        device_id=cfg.device_id,
+        seed=cfg.seed + 1000 * cfg.shard_id,
+        prefetch_queue_depth=cfg.prefetch_queue_depth,
+        enable_checkpointing=cfg.enable_checkpointing,
+        checkpoint=checkpoint,
+    )

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
+from . import pipeline_options
+
 __all__ = ["CifarPipelineConfig", "CifarFeed", "build_cifar_pipeline", "shard_bounds"]
 
 
@@ -126,14 +128,4 @@ def _cifar_graph(feed: CifarFeed, cfg: CifarPipelineConfig):
 def build_cifar_pipeline(feed: CifarFeed, cfg: CifarPipelineConfig, checkpoint: str | None = None):
     """An (unbuilt) DALI pipeline with outputs ``images`` uint8 [b,3,S,S] and ``ids`` int64 [b]."""
     cfg.validate()
-    return _cifar_graph(
-        feed,
-        cfg,
-        batch_size=cfg.batch_size,
-        num_threads=cfg.num_threads,
-        device_id=cfg.device_id,
-        seed=cfg.seed + 1000 * cfg.shard_id,
-        prefetch_queue_depth=cfg.prefetch_queue_depth,
-        enable_checkpointing=cfg.enable_checkpointing,
-        checkpoint=checkpoint,
-    )
+    return _cifar_graph(feed, cfg, **pipeline_options(cfg, checkpoint))

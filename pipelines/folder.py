@@ -21,6 +21,8 @@ from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
+from . import pipeline_options
+
 __all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "READER_NAME", "build_folder_pipeline"]
 
 READER_NAME = "Reader"
@@ -152,16 +154,4 @@ def build_folder_pipeline(
         raise ValueError(f"files ({len(files)}) and sample_ids ({len(sample_ids)}) differ in length")
     if not files:
         raise ValueError("the file list is empty; a DALI reader needs at least one file")
-    return _folder_graph(
-        files,
-        sample_ids,
-        cfg,
-        batch_size=cfg.batch_size,
-        num_threads=cfg.num_threads,
-        device_id=cfg.device_id,
-        # One seed per shard: ranks draw different crops/flips, a rerun draws the same ones.
-        seed=cfg.seed + 1000 * cfg.shard_id,
-        prefetch_queue_depth=cfg.prefetch_queue_depth,
-        enable_checkpointing=cfg.enable_checkpointing,
-        checkpoint=checkpoint,
-    )
+    return _folder_graph(files, sample_ids, cfg, **pipeline_options(cfg, checkpoint))
