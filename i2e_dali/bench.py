@@ -315,10 +315,14 @@ def run_convert(args) -> dict:
                                                           dtype=dtype, config=config)
                         else:
                             kind = "triton" if impl == "fused" else "torch"
+                            # --reuse-output: one preallocated events buffer (out=), as an exporter
+                            # would keep; otherwise a fresh tensor per call, as the loader hands out.
+                            buf = (torch.empty((timesteps, batch, 2, size, size), dtype=dtype, device=device)
+                                   if args.reuse_output else None)
                             # As the loader calls it: draws inside (no host sync), no value check.
-                            calls[impl] = (lambda kind=kind: i2e_convert(
+                            calls[impl] = (lambda kind=kind, buf=buf: i2e_convert(
                                 images, timesteps=timesteps, order=order, train=train, generator=run_gen,
-                                dtype=dtype, impl=kind, validate=False))
+                                dtype=dtype, impl=kind, validate=False, out=buf))
                             outputs[impl] = i2e_convert(images, timesteps=timesteps, order=order, motions=motions,
                                                         dtype=dtype, impl=kind, validate=False)
                     reference = outputs.get("torch", next(iter(outputs.values())))
@@ -347,6 +351,7 @@ def run_convert(args) -> dict:
                             "median_ms": sec * 1e3, "min_ms": min(samples) * 1e3, "samples_ms": [s * 1e3 for s in samples],
                             "images_per_s": batch / sec, "gb_per_s": gbs, "bytes_in": bytes_in, "bytes_out": bytes_out,
                             "roofline_fraction": gbs * 1e9 / bandwidth, "identical_to_torch_path": identical.get(impl),
+                            "reused_output": bool(args.reuse_output) and impl != "conv",
                         })
                     conv_ms = next((r["median_ms"] for r in config_rows if r["impl"] == "conv"), None)
                     torch_ms = next((r["median_ms"] for r in config_rows if r["impl"] == "torch"), None)
@@ -689,6 +694,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--modes", nargs="+", choices=["eval", "train"], help="canonical or random motions (default both)")
     c.add_argument("--impls", nargs="+", choices=["fused", "torch", "conv"], help="default all (fused on CUDA only)")
     c.add_argument("--repeats", type=int, help="timed runs per configuration (default GPU 30, CPU 5)")
+    c.add_argument("--reuse-output", action="store_true",
+                   help="fused/torch write into one preallocated buffer (i2e_convert(out=...)); the conv "
+                        "baseline allocates as the authors' code does. On CPUs fresh output memory is "
+                        "page-faulted on every call and can cost more than the conversion")
     c.add_argument("--fused-configs", nargs="+", metavar="TILE:WARPS:MAXNREG",
                    help="also time the fused kernel at these launch shapes (GPU tuning), e.g. 512:4:none 2048:8:128")
     c.add_argument("--copy-mib", type=int, help="buffer for the copy-bandwidth roofline (default GPU 1024, CPU 64)")

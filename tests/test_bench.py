@@ -188,3 +188,11 @@ def test_bad_settings_are_reported(capsys, tmp_path):
 def test_default_json_path_names_device_date_mode():
     env = {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-23T10:00:00+00:00"}
     assert bench.default_json_path(env, "convert") == Path("benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-23-convert.json")
+
+
+def test_convert_mode_with_reused_output_buffer(capsys, tmp_path):
+    path = tmp_path / "convert_reuse.json"
+    _run(capsys, ["convert", "--quick", "--device", "cpu", "--reuse-output", "--modes", "eval", "--json", str(path)])
+    rows = json.loads(path.read_text())["results"]
+    assert {(r["impl"], r["reused_output"]) for r in rows} == {("torch", True), ("conv", False)}
+    assert all(r["identical_to_torch_path"] is True for r in rows)
