@@ -42,12 +42,12 @@ def conv_i2e(
     order = parse_order(order, timesteps)
     batch = images.shape[0]
     if images.dtype == torch.uint8:
-        x = images.to(torch.float32) * torch.tensor(1.0 / 255.0, dtype=torch.float32, device=images.device)
+        x = images.to(torch.float32) * torch.full((), 1.0 / 255.0, dtype=torch.float32, device=images.device)
     else:
         x = images.to(torch.float32)
     v = x.amax(dim=1, keepdim=True)  # [B, 1, H, W]
     value_range = v.amax(dim=(1, 2, 3)) - v.amin(dim=(1, 2, 3))
-    thr = (value_range * torch.tensor(ratio, dtype=torch.float32, device=v.device)).view(batch, 1, 1, 1)
+    thr = (value_range * torch.full((), ratio, dtype=torch.float32, device=v.device)).view(batch, 1, 1, 1)
     padded = F.pad(v, (1, 1, 1, 1), mode="replicate")
     if motions is None:
         motions = torch.zeros(batch, MAX_TIMESTEPS, dtype=torch.int64)

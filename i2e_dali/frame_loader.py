@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from .i2e import OUT_DTYPES
 from .placement import default_shard, resolve_device
 
 __all__ = ["FrameLoader", "ShardedSequentialSampler"]
 
-_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 # Salt so the flip draws are independent of DistributedSampler's permutation (both seed from seed+epoch).
 _FLIP_SALT = 0x5EED_F11B
 
@@ -133,8 +133,8 @@ class FrameLoader:
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if dtype not in _DTYPES:
-            raise ValueError(f"dtype must be one of {[str(d) for d in _DTYPES]}, got {dtype!r}")
+        if dtype not in OUT_DTYPES:
+            raise ValueError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
         if num_workers is None:
             num_workers = min(8, os.cpu_count() or 1)
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:

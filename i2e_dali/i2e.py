@@ -11,6 +11,7 @@ give identical events.
 """
 from __future__ import annotations
 
+import functools
 import math
 import operator
 from typing import Sequence
@@ -24,10 +25,12 @@ __all__ = [
     "GROUP_SIZES",
     "DEFAULT_ORDER",
     "GROUP_LETTERS",
+    "OUT_DTYPES",
     "position_offset",
     "parse_order",
     "draw_motions",
     "intensity_and_threshold",
+    "threshold_from_extremes",
     "i2e_convert",
     "event_rate",
     "I2E",
@@ -52,7 +55,19 @@ MAX_TIMESTEPS = len(MOTION_GROUPS)
 
 # uint8 -> float is defined as multiply by float32(1/255) (torchvision's ToDtype(scale=True)).
 _U8_SCALE = 1.0 / 255.0
-_OUT_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
+OUT_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
+
+
+def _f32(value: float, device: torch.device) -> torch.Tensor:
+    """A float32 scalar on ``device`` made by a fill kernel: ``torch.tensor(x, device=cuda)`` would
+    copy from pageable host memory, which blocks the host until the GPU has caught up."""
+    return torch.full((), value, dtype=torch.float32, device=device)
+
+
+@functools.lru_cache(maxsize=None)
+def _group_sizes(device: torch.device) -> torch.Tensor:
+    """GROUP_SIZES as int64 on ``device``, built once per device (the one host copy happens here)."""
+    return torch.tensor(GROUP_SIZES, dtype=torch.int64, device=device)
 
 
 def position_offset(p: int) -> tuple[int, int]:
@@ -150,8 +165,8 @@ def _check_images(images, validate_values: bool) -> torch.Tensor:
 
 
 def _check_dtype(dtype) -> torch.dtype:
-    if dtype not in _OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {[str(d) for d in _OUT_DTYPES]}, got {dtype!r}")
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
     return dtype
 
 
@@ -162,7 +177,7 @@ def _check_motions(motions: torch.Tensor, batch: int, device: torch.device) -> t
         motions = motions.expand(batch, -1)
     if tuple(motions.shape) != (batch, MAX_TIMESTEPS):
         raise ValueError(f"motions must have shape [{batch}, 8] (or [8]), got {tuple(motions.shape)}")
-    sizes = torch.tensor(GROUP_SIZES, device=motions.device)
+    sizes = _group_sizes(motions.device)
     if bool(((motions < 0) | (motions >= sizes)).any()):
         raise ValueError(f"motions hold a choice outside its group; group sizes are {GROUP_SIZES}")
     return motions.to(device=device, dtype=torch.int64)
@@ -194,35 +209,45 @@ def draw_motions(
     # Uniform integers in [0, size) per group: floor(u * size) with u ~ U[0, 1) in float64 is exact
     # enough (size <= 6) and needs one RNG call for all groups.
     u = torch.rand(rows, MAX_TIMESTEPS, generator=generator, device=device, dtype=torch.float64)
-    sizes = torch.tensor(GROUP_SIZES, device=device, dtype=torch.float64)
-    choices = torch.clamp((u * sizes).floor().to(torch.int64), max=torch.tensor(GROUP_SIZES, device=device) - 1)
+    sizes = _group_sizes(device)
+    choices = torch.minimum((u * sizes).floor().to(torch.int64), sizes - 1)
     return choices.expand(batch_size, -1).contiguous()
 
 
-def intensity_and_threshold(images: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """V = max(R, G, B) in float32 ``[B, H, W]`` and the per-sample threshold ``[B]``.
+def threshold_from_extremes(
+    vmin: torch.Tensor, vmax: torch.Tensor, ratio: float, *, from_bytes: bool = False
+) -> torch.Tensor:
+    """Per-sample threshold ``[B]`` float32 from the extremes of V: ``(max - min) * ratio``.
 
-    Constant images (range 0) get an infinite threshold: no event fires (spec: deliberate difference
-    from the reference, which fires everything there).
+    ``from_bytes``: the extremes were taken on the uint8 max map (0..255); scaling is monotonic and
+    per value, so scaling them afterwards gives exactly the extremes of the float32 V. Constant images
+    (range 0) get an infinite threshold: no event fires (the spec's deliberate difference from the
+    reference, which fires everything there). Shared by the torch path and the fused kernel.
     """
+    device = vmin.device
+    if from_bytes:
+        scale = _f32(_U8_SCALE, device)
+        vmin, vmax = vmin.to(torch.float32) * scale, vmax.to(torch.float32) * scale
+    value_range = vmax - vmin
+    thr = value_range * _f32(ratio, device)
+    return torch.where(value_range > 0, thr, torch.full_like(thr, math.inf))
+
+
+def intensity_and_threshold(images: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """V = max(R, G, B) in float32 ``[B, H, W]`` and the per-sample threshold ``[B]``."""
     batch = images.shape[0]
     if images.dtype == torch.uint8:
-        # Multiplying by a positive constant is monotonic, so max/min commute with the uint8 -> float
-        # scaling: reduce on bytes (a third of the traffic) and scale once. Bit-identical.
-        scale = torch.tensor(_U8_SCALE, dtype=torch.float32, device=images.device)
+        # max commutes with the (monotonic) uint8 -> float scaling: take it on bytes, a third of the
+        # traffic, and reduce min/max on bytes too. Bit-identical to working on the float image.
         m = images.amax(dim=1)
         flat = m.view(batch, -1)
-        vmin = flat.amin(dim=1).to(torch.float32) * scale
-        vmax = flat.amax(dim=1).to(torch.float32) * scale
-        v = m.to(torch.float32).mul_(scale)
+        thr = threshold_from_extremes(flat.amin(dim=1), flat.amax(dim=1), ratio, from_bytes=True)
+        v = m.to(torch.float32).mul_(_f32(_U8_SCALE, images.device))
     else:
         v = images.to(torch.float32).amax(dim=1)
         flat = v.view(batch, -1)
         # amin + amax: torch.aminmax(dim=1) is ~15x slower on the CPU for this shape.
-        vmin, vmax = flat.amin(dim=1), flat.amax(dim=1)
-    value_range = vmax - vmin
-    thr = value_range * torch.tensor(ratio, dtype=torch.float32, device=v.device)
-    thr = torch.where(value_range > 0, thr, torch.full_like(thr, math.inf))
+        thr = threshold_from_extremes(flat.amin(dim=1), flat.amax(dim=1), ratio)
     return v, thr
 
 

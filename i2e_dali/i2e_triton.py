@@ -32,11 +32,10 @@ import torch
 import triton
 import triton.language as tl
 
-from .i2e import GROUP_SIZES, MAX_TIMESTEPS, MOTION_GROUPS, _U8_SCALE
+from .i2e import GROUP_SIZES, MAX_TIMESTEPS, MOTION_GROUPS, OUT_DTYPES, _U8_SCALE, threshold_from_extremes
 
 __all__ = ["FusedConfig", "convert_fused", "fused_threshold", "tile_shape"]
 
-_OUT_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 _IN_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _MINMAX_BLOCK = 2048  # pixels per program of the min/max pass
 
@@ -290,15 +289,7 @@ def fused_threshold(images: torch.Tensor, ratio: float) -> torch.Tensor:
         images, pmin, pmax, height, width, *images.stride(), n_chunks,
         IS_U8=is_u8, BLOCK=_MINMAX_BLOCK, num_warps=8, enable_fp_fusion=False,
     )
-    vmin, vmax = pmin.amin(dim=1), pmax.amax(dim=1)
-    if is_u8:
-        # min/max were taken on bytes; scaling is monotonic and per-value, so this equals the extremes
-        # of the scaled map (the torch path's V).
-        scale = torch.tensor(_U8_SCALE, dtype=torch.float32, device=images.device)
-        vmin, vmax = vmin * scale, vmax * scale
-    value_range = vmax - vmin
-    thr = value_range * torch.tensor(ratio, dtype=torch.float32, device=images.device)
-    return torch.where(value_range > 0, thr, torch.full_like(thr, float("inf")))
+    return threshold_from_extremes(pmin.amin(dim=1), pmax.amax(dim=1), ratio, from_bytes=is_u8)
 
 
 def convert_fused(
@@ -325,8 +316,8 @@ def convert_fused(
         raise ValueError(f"images must be a tensor [B, 3, H, W], got {getattr(images, 'shape', type(images))}")
     if images.dtype != torch.uint8 and images.dtype not in _IN_FLOATS:
         raise ValueError(f"images must be uint8 or float16/bfloat16/float32/float64, got {images.dtype}")
-    if dtype not in _OUT_DTYPES:
-        raise ValueError(f"dtype must be one of {[str(d) for d in _OUT_DTYPES]}, got {dtype!r}")
+    if dtype not in OUT_DTYPES:
+        raise ValueError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
     order = tuple(int(g) for g in order)
     if not 1 <= len(order) <= MAX_TIMESTEPS or any(not 0 <= g < MAX_TIMESTEPS for g in order):
         raise ValueError(f"order must hold 1..8 group indices in 0..7, got {order}")

@@ -334,3 +334,21 @@ def test_out_buffer_is_filled_and_reused():
         i2e_convert(images, dtype=torch.bool, out=torch.empty(8, 4, 2, 12, 10))  # wrong dtype
     with pytest.raises(ValueError, match="out must be a contiguous tensor"):
         i2e_convert(images, timesteps=4, out=torch.empty(8, 4, 2, 12, 10))  # wrong T
+
+
+@pytest.mark.gpu
+def test_cuda_conversion_never_syncs_the_host():
+    """The loader's hot path: uint8 on CUDA, motions drawn inside on a CUDA generator, no value check.
+    Any blocking host<->device copy (e.g. torch.tensor(x, device=cuda)) or .item() raises here."""
+    images = torch.randint(0, 256, (8, 3, 64, 64), dtype=torch.uint8, device="cuda")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    for train in (False, True):  # warm-up: kernel compilation and the per-device constants
+        i2e_convert(images, train=train, generator=gen, validate=False)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for train in (False, True):
+            for dtype in (torch.bool, torch.float16):
+                i2e_convert(images, train=train, generator=gen, dtype=dtype, validate=False)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
