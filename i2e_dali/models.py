@@ -34,6 +34,8 @@ __all__ = [
     "expected_state_keys",
     "load_pretrained",
     "extract_state_dict",
+    "load_state_into",
+    "unwrap",
 ]
 
 log = logging.getLogger(__name__)
@@ -291,11 +293,22 @@ def load_pretrained(model: nn.Module, path, *, num_classes: int | None = None, s
                            source=str(path), strict=strict)
 
 
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain model inside DDP and/or torch.compile wrappers, in whichever order they were applied
+    (``torch.compile(DDP(m))`` and ``DDP(torch.compile(m))`` both occur)."""
+    while True:
+        if isinstance(model, nn.parallel.DistributedDataParallel):
+            model = model.module
+        elif isinstance(getattr(model, "_orig_mod", None), nn.Module):
+            model = model._orig_mod
+        else:
+            return model
+
+
 def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, num_classes: int | None = None,
                     source: str = "checkpoint", strict: bool = True) -> list[str]:
     """Load a cleaned state dict (see :func:`extract_state_dict`) with the checks of :func:`load_pretrained`."""
-    target = model.module if hasattr(model, "module") else model
-    target = getattr(target, "_orig_mod", target)
+    target = unwrap(model)
     notes: list[str] = []
     own = target.state_dict()
     missing = [k for k in own if k not in state]

@@ -38,7 +38,7 @@ from spikingjelly.activation_based import functional
 from torch import nn
 from tqdm import tqdm
 
-from .models import ARCHS, CheckpointError, build_model, canonical_arch, load_pretrained, load_state_into
+from .models import ARCHS, CheckpointError, build_model, canonical_arch, load_pretrained, load_state_into, unwrap
 
 __all__ = [
     "TrainError",
@@ -416,11 +416,6 @@ def make_train_step(
         return loss.detach()
 
     return step
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    model = model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-    return getattr(model, "_orig_mod", model)
 
 
 @torch.no_grad()

@@ -213,3 +213,27 @@ def test_missing_and_unsafe_files(tmp_path):
     torch.save({"optimizer": {"lr": 0.1}}, tmp_path / "noweights.pth")
     with pytest.raises(CheckpointError, match="no model weights"):
         load_pretrained(model, tmp_path / "noweights.pth")
+
+
+def test_unwrap_sees_through_compile_and_ddp_in_either_order():
+    import torch.distributed as dist
+
+    from i2e_dali.models import build_model, unwrap
+
+    net = build_model("msresnet18", 10, width=8)
+
+    class Compiled(torch.nn.Module):  # the attribute torch.compile's OptimizedModule exposes
+        def __init__(self, inner):
+            super().__init__()
+            self._orig_mod = inner
+
+    assert unwrap(net) is net and unwrap(Compiled(net)) is net
+    store = dist.HashStore()
+    dist.init_process_group("gloo", store=store, rank=0, world_size=1)
+    try:
+        ddp = torch.nn.parallel.DistributedDataParallel(net)
+        assert unwrap(ddp) is net
+        assert unwrap(Compiled(ddp)) is net  # torch.compile(DDP(m)): the order the trainer uses
+        assert unwrap(torch.nn.parallel.DistributedDataParallel(Compiled(net))) is net
+    finally:
+        dist.destroy_process_group()
