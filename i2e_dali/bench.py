@@ -42,6 +42,7 @@ from typing import Callable, Iterable, Iterator
 
 import torch
 
+from .fsio import atomic_write_text
 from . import placement
 from .i2e import DEFAULT_ORDER, draw_motions, i2e_convert
 
@@ -132,16 +133,7 @@ def default_json_path(env: dict, mode: str) -> Path:
 def write_json(record: dict, path: Path) -> Path:
     """Atomic: a temporary file in the same folder, then os.replace."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-            f.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
 
 

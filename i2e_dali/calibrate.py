@@ -203,11 +203,11 @@ def main(argv=None) -> int:
     for t, (on, off) in enumerate(result.per_timestep):
         print(f"                          {t:2d}  {letters[order[t]]}      {on:.4f}  {off:.4f}  {(on + off) / 2:.4f}")
     if args.json:
-        from .viz import _atomic_save
+        from .fsio import atomic_write_text
 
         payload = {**asdict(result), "data": str(args.data), "split": args.split, "dataset": args.dataset,
                    "view": view, "order": list(order)}
-        _atomic_save(args.json, lambda f: f.write(json.dumps(payload, indent=1).encode()))
+        atomic_write_text(args.json, json.dumps(payload, indent=1))
     return 0
 
 

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from .fsio import atomic_write_text
 from .datasets import DatasetError, MissingDataError, dali_error_detail, scan_image_folder
 
 __all__ = ["CheckReport", "check_folder", "decode_check", "main"]
@@ -187,9 +188,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(_summary(report))
     if args.list is not None:
-        tmp = args.list.with_name(args.list.name + ".tmp")
-        tmp.write_text("".join(f"{p}\n" for p, _ in report.bad))
-        os.replace(tmp, args.list)
+        atomic_write_text(args.list, "".join(f"{p}\n" for p, _ in report.bad))
     return 0 if report.ok else 1
 
 

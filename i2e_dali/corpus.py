@@ -22,7 +22,6 @@ import io
 import json
 import math
 import os
-import tempfile
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
+
+from .fsio import atomic_write, atomic_write_text
 
 __all__ = ["CorpusConfig", "CorpusError", "default_samples_dir", "describe", "generate_corpus", "make_image", "load_sources"]
 
@@ -197,17 +198,6 @@ def make_image(sources: list[np.ndarray], rng: np.random.Generator, long_side: i
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
 
-def _atomic_write(data: bytes, path: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # Per-process state for the pool: the decoded sources, loaded once per worker.
 _WORKER_SOURCES: list[np.ndarray] | None = None
 
@@ -230,7 +220,7 @@ def _make_one(job: tuple[str, int, str, int, int, float]) -> tuple[int, int, int
     rng = np.random.default_rng(_job_seed(seed, split, index))
     image = make_image(_WORKER_SOURCES, rng, long_side)
     data = encode_near(image, _target_bytes(rng, file_kb))
-    _atomic_write(data, path)
+    atomic_write(path, lambda f: f.write(data))
     return image.width, image.height, len(data)
 
 
@@ -289,10 +279,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict:
         "height": {"mean": float(heights.mean()), "min": int(heights.min()), "max": int(heights.max())},
         "total_mb": float(sizes.sum()) / 1e6,
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST}.", dir=cfg.out)
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f, indent=2)
-    os.replace(tmp, manifest_path)
+    atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest
 
 

@@ -34,6 +34,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .fsio import atomic_write, atomic_write_text
 from .npz import META_NAME, NpzFormatError, read_npz_info, write_npz
 
 __all__ = ["ExportConfig", "ExportError", "ExportSummary", "export", "export_split", "plan_split", "main"]
@@ -204,10 +205,7 @@ def _write_meta(out_split: Path, meta: dict) -> None:
                     + ", ".join(f"{k}: {a!r} there vs {b!r} now" for k, (a, b) in diff.items())
                     + "; resume with the same settings or export to a new --out folder"
                 )
-    fd, tmp = tempfile.mkstemp(dir=out_split, prefix=f".{META_NAME}.", suffix=PARTIAL_SUFFIX)
-    with os.fdopen(fd, "w") as f:
-        json.dump(meta, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(meta, indent=1), suffix=PARTIAL_SUFFIX)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -215,20 +213,8 @@ def _write_meta(out_split: Path, meta: dict) -> None:
 # --------------------------------------------------------------------------------------------------
 def _write_one(path: Path, events: np.ndarray, fmt: str, opener: Callable, level: int | None = None) -> int:
     """Temp file in the final folder -> rename. Returns the bytes written. Never leaves a partial file."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=PARTIAL_SUFFIX)
-    os.close(fd)
-    try:
-        with opener(tmp, "wb") as f:
-            write_npz(f, events, fmt, level=level)
-        size = os.path.getsize(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return size
+    return atomic_write(path, lambda f: write_npz(f, events, fmt, level=level), suffix=PARTIAL_SUFFIX,
+                        opener=opener)
 
 
 def _view_for(cfg: ExportConfig, split: str) -> str:

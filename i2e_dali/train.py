@@ -24,7 +24,6 @@ import math
 import os
 import random
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +37,7 @@ from spikingjelly.activation_based import functional
 from torch import nn
 from tqdm import tqdm
 
+from .fsio import atomic_write
 from .models import ARCHS, CheckpointError, build_model, canonical_arch, load_pretrained, load_state_into, unwrap
 
 __all__ = [
@@ -481,35 +481,8 @@ def save_checkpoint(state: dict, path: str | os.PathLike) -> Path:
     never a partial one. Leftover temp files of a killed writer are named ``.<name>.*.tmp``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; a checkpoint is an ordinary file
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    with contextlib.suppress(OSError):  # make the rename itself durable
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+    atomic_write(path, lambda f: torch.save(state, f), durable=True)
     return path
-
-
-def _umask() -> int:
-    # read it where the OS shows it: os.umask() can only read by setting, racy with other threads
-    with contextlib.suppress(OSError, ValueError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    return 0o022
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +23,7 @@ import numpy as np
 import torch
 from PIL import GifImagePlugin, Image, ImageDraw, ImageFont, ImageSequence
 
+from .fsio import atomic_write
 from .i2e import DEFAULT_ORDER, GROUP_LETTERS, MOTION_GROUPS, i2e_convert, parse_order
 
 __all__ = [
@@ -64,19 +64,6 @@ def events_to_rgb(events) -> np.ndarray:
     return np.asarray(PALETTE, dtype=np.uint8)[events_to_indices(events)]
 
 
-def _atomic_save(path: Path, write) -> None:
-    """Write through ``write(fileobj)`` to a temp file in the same folder, then rename over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_gif(events, path: str | os.PathLike, *, duration_ms: int = FRAME_MS) -> Path:
     """Write ``[T, 2, H, W]`` events as an animated, looping GIF (one frame per timestep).
 
@@ -103,7 +90,7 @@ def write_gif(events, path: str | os.PathLike, *, duration_ms: int = FRAME_MS) -
         f.write(b";")
 
     path = Path(path)
-    _atomic_save(path, write)
+    atomic_write(path, write)
     return path
 
 
@@ -248,7 +235,7 @@ def run(args) -> tuple[Path, Path | None, np.ndarray]:
     if not args.no_sheet:
         sheet_path = args.sheet or out.with_suffix(".png")
         sheet = contact_sheet(events, image, order=order)
-        _atomic_save(sheet_path, lambda f: sheet.save(f, format="PNG"))
+        atomic_write(sheet_path, lambda f: sheet.save(f, format="PNG"))
     return out, sheet_path, events
 
 
