@@ -563,7 +563,7 @@ def _synthetic_feed(source: Feed, count: int = 2) -> Feed:
 
 def run_train(args) -> dict:
     from .models import build_model
-    from .train import make_train_step
+    from .train import build_optimizer, make_train_step, resolve_amp
 
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
@@ -572,8 +572,8 @@ def run_train(args) -> dict:
     width = args.width or (8 if args.quick else (64 if cuda else 16))
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if cuda else 1))
     steps = args.steps or (2 if args.quick else (50 if cuda else 3))
-    amp = args.amp if args.amp != "auto" else ("bf16" if cuda else "off")
-    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "off": None}[amp]
+    amp_dtype, use_scaler = resolve_amp(args.amp, device)  # the trainer's rule
+    amp = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "off"}[amp_dtype]
     dtype = _parse_dtype(args.dtype)
     env = environment(device)
     rows, table_rows = [], []
@@ -585,8 +585,8 @@ def run_train(args) -> dict:
         model = build_model(args.arch, num_classes, width=width).to(device)
         if cuda:
             model = model.to(memory_format=torch.channels_last)
-        optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-5)
-        scaler = torch.amp.GradScaler("cuda") if amp == "fp16" else None
+        optimizer = build_optimizer(model, lr=0.1, momentum=0.9, weight_decay=1e-5, device=device)
+        scaler = torch.amp.GradScaler("cuda") if use_scaler else None
         step = make_train_step(model, optimizer, scaler=scaler, amp_dtype=amp_dtype, channels_last=cuda)
         for feed in feeds:
             stream = _cycle(feed.make_iter)

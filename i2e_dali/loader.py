@@ -226,10 +226,6 @@ class EventLoader:
                 prefetch_queue_depth=self.prefetch_queue_depth, hw_decoder_load=self.hw_decoder_load,
             )
             self._apply_options(cfg)
-            # The DALI seed differs per rank through shard_id; for eval (shard 0 of 1 everywhere) the
-            # views are deterministic, so that does not matter.
-            if not self.train:
-                cfg.seed = self.seed + 1000 * self.shard_id
             pipe = build_folder_pipeline([files[i] for i in order], [int(i) for i in order], cfg, checkpoint)
             make = lambda: DALIGenericIterator(  # noqa: E731
                 pipe, ["images", "ids"], reader_name=READER_NAME,
