@@ -29,7 +29,6 @@ import argparse
 import contextlib
 import datetime as _dt
 import json
-import os
 import platform
 import re
 import statistics
@@ -79,13 +78,6 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:
-        return os.cpu_count() or 1
-
-
 def _version(module: str) -> str | None:
     try:
         from importlib.metadata import version
@@ -101,7 +93,7 @@ def environment(device: torch.device) -> dict:
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "device_type": device.type,
         "cpu": _cpu_name(),
-        "cpu_cores": _cores(),
+        "cpu_cores": placement.usable_cores(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "python": platform.python_version(),
         "versions": {
@@ -397,7 +389,7 @@ def _dataset(args) -> Iterator[Path]:
     images = args.corpus_images or (16 if args.quick else 64)
     with tempfile.TemporaryDirectory(prefix="i2e-bench-corpus-") as tmp:
         cfg = CorpusConfig(out=Path(tmp) / "corpus", images=images, val_images=0, classes=min(4, images),
-                           workers=min(_cores(), 4), progress=not args.quick,
+                           workers=min(placement.usable_cores(), 4), progress=not args.quick,
                            **({"samples": args.samples} if args.samples else {}))
         generate_corpus(cfg)
         yield cfg.out
@@ -479,7 +471,7 @@ def _feeds(args, root: Path, device: torch.device, *, crop: int, dtype: torch.dt
             feeds.append(Feed(name, lambda loader=loader: loader,
                               f"EventLoader decode={decode} threads={loader.num_threads}"))
         elif name == "reference":
-            workers = args.workers if args.workers is not None else _cores()
+            workers = args.workers if args.workers is not None else placement.usable_cores()
             ref = ReferenceLoader(root / "train", batch, crop=crop, timesteps=args.timesteps, dtype=dtype,
                                   device=device, workers=workers, seed=args.seed)
             feeds.append(Feed(name, lambda ref=ref: ref,

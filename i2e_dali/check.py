@@ -22,6 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from .fsio import atomic_write_text
+from .placement import usable_cores
 from .datasets import DatasetError, MissingDataError, dali_error_detail, scan_image_folder
 
 __all__ = ["CheckReport", "check_folder", "decode_check", "main"]
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
         prog="i2e-check", description="List every file in an image data set that the DALI pipeline cannot decode."
     )
     parser.add_argument("root", help="data set root (with train/ and val/) or one class-folder set")
-    parser.add_argument("--threads", type=int, default=max(1, len(os.sched_getaffinity(0))),
+    parser.add_argument("--threads", type=int, default=usable_cores(),
                         help="decoder threads (default: all cores)")
     parser.add_argument("--batch-size", type=int, default=32, help="images decoded per DALI batch")
     parser.add_argument("--list", type=Path, default=None, help="write the bad paths to this file, one per line")

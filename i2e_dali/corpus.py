@@ -31,6 +31,7 @@ from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
 from .fsio import atomic_write, atomic_write_text
+from .placement import usable_cores
 
 __all__ = ["CorpusConfig", "CorpusError", "default_samples_dir", "describe", "generate_corpus", "make_image", "load_sources"]
 
@@ -250,7 +251,7 @@ def generate_corpus(cfg: CorpusConfig) -> dict:
     jobs = _plan(cfg)
     for folder in sorted({str(Path(j[0]).parent) for j in jobs}):
         Path(folder).mkdir(parents=True, exist_ok=True)
-    workers = cfg.workers or os.cpu_count() or 1
+    workers = cfg.workers or usable_cores()
     chunk = max(1, min(16, len(jobs) // (4 * workers) or 1))
     if workers == 1:
         _init_worker(str(cfg.samples))

@@ -51,6 +51,7 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from .fsio import atomic_write
+from .placement import usable_cores
 
 __all__ = [
     "CIFAR10DVS_CLASSES",
@@ -362,7 +363,7 @@ class FrameCache:
                 raise DVSCacheError(
                     f"cannot create the CIFAR10-DVS frame cache {self.dir}: {exc}; pass a writable --cache-dir"
                 ) from exc
-            workers = max(1, min(workers or os.cpu_count() or 1, len(todo)))
+            workers = max(1, min(workers or usable_cores(), len(todo)))
             desc = f"CIFAR10-DVS -> T={self.timesteps} frames"
             # Threads suffice: reading, numpy's bit operations and zlib release the GIL, and a thread pool
             # keeps CUDA/DALI state of the parent process out of the picture (no fork).

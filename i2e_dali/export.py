@@ -35,6 +35,7 @@ import torch
 from tqdm import tqdm
 
 from .fsio import atomic_write, atomic_write_text
+from .placement import usable_cores
 from .npz import META_NAME, NpzFormatError, read_npz_info, write_npz
 
 __all__ = ["ExportConfig", "ExportError", "ExportSummary", "export", "export_split", "plan_split", "main"]
@@ -251,7 +252,7 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
     for c in {t.parent for t in targets}:
         c.mkdir(parents=True, exist_ok=True)
 
-    workers = cfg.workers or min(8, os.cpu_count() or 1)
+    workers = cfg.workers or min(8, usable_cores())
     # Checking finished files is I/O (zip directory + npy header each): overlap it on a thread pool.
     with ThreadPoolExecutor(max_workers=2 * workers) as checker:
         done = list(checker.map(lambda t: t.exists() and _complete(t, cfg.format, frame_shape, cfg.verify), targets))

@@ -21,15 +21,16 @@ and the number of batches consumed, so a resumed run yields exactly the batches 
 from __future__ import annotations
 
 import itertools
-import os
 from typing import Any, Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampler, Sampler
 
+from pipelines import shard_bounds
+
 from .i2e import OUT_DTYPES
-from .placement import default_shard, resolve_device
+from .placement import cores_per_rank, default_shard, resolve_device
 
 __all__ = ["FrameLoader", "ShardedSequentialSampler"]
 
@@ -45,8 +46,7 @@ class ShardedSequentialSampler(Sampler[int]):
     """
 
     def __init__(self, n: int, shard_id: int, num_shards: int):
-        self.start = (shard_id * n) // num_shards
-        self.stop = ((shard_id + 1) * n) // num_shards
+        self.start, self.stop = shard_bounds(n, shard_id, num_shards)
 
     def __iter__(self) -> Iterator[int]:
         return iter(range(self.start, self.stop))
@@ -136,7 +136,7 @@ class FrameLoader:
         if dtype not in OUT_DTYPES:
             raise ValueError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
         if num_workers is None:
-            num_workers = min(8, os.cpu_count() or 1)
+            num_workers = min(8, cores_per_rank())
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
             raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):

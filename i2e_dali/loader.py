@@ -25,7 +25,6 @@ conversion's generator, so a restored loader yields exactly the batches the save
 from __future__ import annotations
 
 import math
-import os
 import re
 from typing import Iterator, Sequence
 
@@ -33,8 +32,10 @@ import numpy as np
 import torch
 
 from .datasets import CifarSource, ImageFolderSource, UndecodableImageError, dali_error_detail
+from pipelines import shard_bounds
+
 from .i2e import i2e_convert, parse_order
-from .placement import default_shard, resolve_device
+from .placement import cores_per_rank, default_shard, resolve_device
 
 __all__ = ["EventLoader"]
 
@@ -42,12 +43,7 @@ _STATE_VERSION = 1
 
 
 def _default_threads(gpu: bool) -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    # Ranks on one node share its cores (torchrun sets LOCAL_WORLD_SIZE).
-    per_rank = max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    per_rank = cores_per_rank()
     # A GPU pipeline only needs CPU threads for reading and the decoder's host stage.
     return min(per_rank, 8) if gpu else per_rank
 
@@ -177,7 +173,7 @@ class EventLoader:
                 )
             self.num_samples = self._batches * batch_size
         else:
-            lo, hi = (self.shard_id * n) // s, ((self.shard_id + 1) * n) // s
+            lo, hi = shard_bounds(n, self.shard_id, s)
             self._eval_range = (lo, hi)
             self.num_samples = hi - lo
             self._batches = math.ceil(self.num_samples / batch_size)

@@ -5,9 +5,26 @@ calibrator, so "auto" and the torch.distributed defaults mean the same everywher
 """
 from __future__ import annotations
 
+import os
+
 import torch
 
-__all__ = ["resolve_device", "default_shard"]
+__all__ = ["resolve_device", "default_shard", "usable_cores", "cores_per_rank"]
+
+
+def usable_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: a container or taskset may allow fewer
+    than ``os.cpu_count()``)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def cores_per_rank() -> int:
+    """This rank's share of the node's cores: torchrun's ranks on one node share them
+    (it sets LOCAL_WORLD_SIZE)."""
+    return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:

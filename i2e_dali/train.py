@@ -38,6 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .fsio import atomic_write, atomic_write_text
+from .placement import cores_per_rank
 from .models import ARCHS, CheckpointError, build_model, canonical_arch, load_pretrained, load_state_into, unwrap
 
 __all__ = [
@@ -253,14 +254,6 @@ def init_runtime(device: str) -> Runtime:
     return Runtime(dev, rank, world, local_rank)
 
 
-def _cores() -> int:
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    return max(1, cores // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
-
-
 def configure_cpu_threads(args, rt: Runtime) -> None:
     """On the CPU, split the cores between DALI's threads and torch's instead of both taking all of them.
 
@@ -270,7 +263,7 @@ def configure_cpu_threads(args, rt: Runtime) -> None:
     """
     if rt.device.type != "cpu":
         return
-    cores = _cores()
+    cores = cores_per_rank()
     if args.workers is None:
         args.workers = max(1, cores // 4)
     threads = args.threads or max(1, cores - args.workers)

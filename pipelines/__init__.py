@@ -2,6 +2,12 @@
 from __future__ import annotations
 
 
+def shard_bounds(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
+    """[begin, end) of a contiguous shard, split the way DALI's readers split a data set: shard sizes
+    differ by at most one and every sample belongs to exactly one shard."""
+    return (shard_id * num_samples) // num_shards, ((shard_id + 1) * num_samples) // num_shards
+
+
 def pipeline_options(cfg, checkpoint: str | None) -> dict:
     """The ``@pipeline_def`` keywords every graph here takes from its config.
 

@@ -19,14 +19,10 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from . import pipeline_options
+from . import pipeline_options, shard_bounds
 
 __all__ = ["CifarPipelineConfig", "CifarFeed", "build_cifar_pipeline", "shard_bounds"]
 
-
-def shard_bounds(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
-    """[begin, end) of a contiguous shard, split the way DALI's readers split a data set."""
-    return (shard_id * num_samples) // num_shards, ((shard_id + 1) * num_samples) // num_shards
 
 
 @dataclass
