@@ -38,7 +38,7 @@ from torch import nn
 from tqdm import tqdm
 
 from .fsio import atomic_write, atomic_write_text
-from .placement import cores_per_rank
+from .placement import cores_per_rank, resolve_device
 from .models import ARCHS, CheckpointError, build_model, canonical_arch, load_pretrained, load_state_into, unwrap
 
 __all__ = [
@@ -240,14 +240,13 @@ def init_runtime(device: str) -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    if world > 1 and device in ("auto", "cuda") and torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)  # one GPU per process: "cuda" then means this rank's
+    try:
+        dev = resolve_device(device)
+    except ValueError as exc:
+        raise TrainError(f"--device {device}: {exc}") from None
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise TrainError(f"--device {device}: torch sees no CUDA GPU; use --device cpu")
-        if dev.index is None:
-            dev = torch.device("cuda", local_rank if world > 1 else torch.cuda.current_device())
         torch.cuda.set_device(dev)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo", init_method="env://")
