@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from i2e_dali import I2E, event_rate, i2e_convert
-from i2e_dali.baseline import conv_i2e
-from i2e_dali.i2e import DEFAULT_ORDER, GROUP_SIZES, draw_motions, parse_order
+from i2e_dali.convert.conv_baseline import conv_i2e
+from i2e_dali.convert import DEFAULT_ORDER, GROUP_SIZES, draw_motions, parse_order
 
 # The spec's tables, typed in again here (not imported) so a typo in the implementation is caught.
 SPEC_GROUPS = [

@@ -2,7 +2,7 @@
 
 Without a GPU the kernels run under Triton's CPU interpreter: a private copy of the module is imported
 with TRITON_INTERPRET=1 set only for that import (Triton reads the flag when ``@triton.jit`` decorates),
-so the flag never reaches other tests or the real ``i2e_dali.i2e_triton``. The ``gpu`` tests run the
+so the flag never reaches other tests or the real ``i2e_dali.convert.triton_path``. The ``gpu`` tests run the
 compiled kernel on CUDA against the torch path on the same GPU and on the CPU. One more test compiles
 the kernel for sm_90 with Triton's bundled ptxas (no GPU needed) to prove it builds for real hardware
 and that floating-point contraction stays off.
@@ -19,11 +19,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from i2e_dali.i2e import (
+from i2e_dali.convert.torch_path import convert_torch as _convert_torch
+from i2e_dali.convert import (
     DEFAULT_ORDER,
     GROUP_SIZES,
     MAX_TIMESTEPS,
-    _convert_torch,
+
     draw_motions,
     i2e_convert,
     intensity_and_threshold,
@@ -34,7 +35,7 @@ triton = pytest.importorskip("triton")
 tl = pytest.importorskip("triton.language")
 
 DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
-MODULE_PATH = Path(__file__).resolve().parents[1] / "i2e_dali" / "i2e_triton.py"
+MODULE_PATH = Path(__file__).resolve().parents[1] / "i2e_dali" / "convert" / "triton_path.py"
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +44,7 @@ def fused():
     previous = os.environ.get("TRITON_INTERPRET")
     os.environ["TRITON_INTERPRET"] = "1"
     try:
-        spec = importlib.util.spec_from_file_location("i2e_dali._i2e_triton_interpreted", MODULE_PATH)
+        spec = importlib.util.spec_from_file_location("i2e_dali.convert._triton_path_interpreted", MODULE_PATH)
         module = importlib.util.module_from_spec(spec)
         sys.modules[spec.name] = module  # dataclasses look their module up while the body runs
         spec.loader.exec_module(module)
@@ -230,7 +231,7 @@ def test_compiled_module_refuses_cpu_tensors():
     """The real module (compiled kernels) names the fix instead of crashing inside Triton."""
     if os.environ.get("TRITON_INTERPRET") == "1":
         pytest.skip("TRITON_INTERPRET=1 is set for the whole run")
-    from i2e_dali import i2e_triton
+    from i2e_dali.convert import triton_path as i2e_triton
 
     assert not i2e_triton._interpreted()
     with pytest.raises(ValueError, match="impl='torch'"):
@@ -269,7 +270,7 @@ def test_kernel_compiles_for_sm90_without_fma():
     convert_fused launches it. Its PTX must hold no fused multiply-add (one rounding instead of two would
     flip events lying exactly on the threshold). A miniature of the same arithmetic compiled with
     contraction allowed does fuse, so the check sees what it guards against."""
-    from i2e_dali import i2e_triton
+    from i2e_dali.convert import triton_path as i2e_triton
 
     if i2e_triton._interpreted():
         pytest.skip("TRITON_INTERPRET=1 is set for the whole run")
@@ -306,7 +307,7 @@ def test_kernel_compiles_for_sm90_without_fma():
 @pytest.mark.parametrize("size", [(224, 224), (128, 128), (37, 1), (375, 500)])
 @pytest.mark.parametrize("train", [False, True], ids=["eval", "train"])
 def test_gpu_kernel_equals_torch_on_gpu_and_cpu(size, train):
-    from i2e_dali import i2e_triton
+    from i2e_dali.convert import triton_path as i2e_triton
 
     batch = 16
     images_cpu = _images(batch, *size, seed=size[0] + train)
@@ -339,7 +340,7 @@ def test_gpu_float_and_channels_last_inputs():
 
 @pytest.mark.gpu
 def test_gpu_short_orders_and_launch_shapes():
-    from i2e_dali import i2e_triton
+    from i2e_dali.convert import triton_path as i2e_triton
 
     images = _images(6, 50, 70, seed=8).cuda()
     motions = _all_choices(6).cuda()
@@ -354,7 +355,7 @@ def test_gpu_short_orders_and_launch_shapes():
 
 @pytest.mark.gpu
 def test_gpu_module_form_train_and_eval():
-    from i2e_dali.i2e import I2E
+    from i2e_dali.convert import I2E
 
     images = _images(4, 32, 32, seed=1).cuda()
     i2e = I2E(ratio=0.12, dtype=torch.bool)

@@ -13,7 +13,7 @@ from typing import Sequence
 import torch
 import torch.nn.functional as F
 
-from .i2e import MOTION_GROUPS, MAX_TIMESTEPS, parse_order, position_offset
+from .spec import MOTION_GROUPS, MAX_TIMESTEPS, parse_order, position_offset
 
 __all__ = ["conv_i2e", "motion_kernels"]
 

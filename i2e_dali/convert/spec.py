@@ -1,13 +1,9 @@
-"""THE I2E conversion (shared/I2E_SPEC.md): static RGB images -> ON/OFF event streams.
+"""The I2E spec (shared/I2E_SPEC.md) as code: motion table, timestep orders, motion draws, the
+threshold rule and the argument checks. Both conversion paths (``torch_path``, ``triton_path``) and the
+conv baseline build on this module and nothing else of the package; ``api`` dispatches between them.
 
-Written once and used by the loader, the exporter, the visualiser, the calibrator and the benchmark.
 Input ``[B, 3, H, W]`` uint8 (0..255) or float (0..1); output ``[T, B, 2, H, W]`` (time first,
 channel 0 = ON, 1 = OFF) in the requested dtype.
-
-CPU/torch path: the eight differences are taken by shifted slicing of the border-replicated intensity
-map (no convolution) and compared straight into the output tensor. CUDA tensors go to the fused Triton
-kernel (``i2e_dali.i2e_triton``) when it is available; it consumes the same motion draws, so both paths
-give identical events.
 """
 from __future__ import annotations
 
@@ -17,23 +13,25 @@ import operator
 from typing import Sequence
 
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 __all__ = [
     "MOTION_GROUPS",
     "GROUP_SIZES",
-    "DEFAULT_ORDER",
     "GROUP_LETTERS",
+    "DEFAULT_ORDER",
+    "MAX_TIMESTEPS",
+    "U8_SCALE",
     "OUT_DTYPES",
     "position_offset",
     "parse_order",
     "draw_motions",
-    "intensity_and_threshold",
     "threshold_from_extremes",
-    "i2e_convert",
-    "event_rate",
-    "I2E",
+    "intensity_and_threshold",
+    "check_ratio",
+    "check_timesteps",
+    "check_images",
+    "check_dtype",
+    "check_motions",
 ]
 
 # The eight direction groups a..h; each entry is a motion [s, e] over the 3x3 window numbered 1..9
@@ -54,11 +52,11 @@ DEFAULT_ORDER: tuple[int, ...] = (4, 5, 6, 7, 0, 1, 2, 3)  # e f g h a b c d: la
 MAX_TIMESTEPS = len(MOTION_GROUPS)
 
 # uint8 -> float is defined as multiply by float32(1/255) (torchvision's ToDtype(scale=True)).
-_U8_SCALE = 1.0 / 255.0
+U8_SCALE = 1.0 / 255.0
 OUT_DTYPES = (torch.bool, torch.uint8, torch.float16, torch.bfloat16, torch.float32)
 
 
-def _f32(value: float, device: torch.device) -> torch.Tensor:
+def f32_scalar(value: float, device: torch.device) -> torch.Tensor:
     """A float32 scalar on ``device`` made by a fill kernel: ``torch.tensor(x, device=cuda)`` would
     copy from pageable host memory, which blocks the host until the GPU has caught up."""
     return torch.full((), value, dtype=torch.float32, device=device)
@@ -78,7 +76,7 @@ def position_offset(p: int) -> tuple[int, int]:
 # --------------------------------------------------------------------------------------------------
 # argument checks: every message says what was wrong and what is accepted
 # --------------------------------------------------------------------------------------------------
-def _check_ratio(ratio) -> float:
+def check_ratio(ratio) -> float:
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)):
         raise ValueError(f"ratio must be a float in (0, 1), got {ratio!r} of type {type(ratio).__name__}")
     ratio = float(ratio)
@@ -89,7 +87,7 @@ def _check_ratio(ratio) -> float:
     return ratio
 
 
-def _check_timesteps(timesteps) -> int:
+def check_timesteps(timesteps) -> int:
     if isinstance(timesteps, bool) or not isinstance(timesteps, int):
         raise ValueError(f"timesteps must be an int in 1..{MAX_TIMESTEPS}, got {timesteps!r}")
     if not 1 <= timesteps <= MAX_TIMESTEPS:
@@ -104,7 +102,7 @@ def parse_order(order: Sequence[int] | str | None, timesteps: int = MAX_TIMESTEP
 
     It must name at least ``timesteps`` groups; only the first ``timesteps`` are used.
     """
-    timesteps = _check_timesteps(timesteps)
+    timesteps = check_timesteps(timesteps)
     if order is None:
         order = DEFAULT_ORDER
     if isinstance(order, str):
@@ -133,7 +131,7 @@ def parse_order(order: Sequence[int] | str | None, timesteps: int = MAX_TIMESTEP
     return tuple(groups[:timesteps])
 
 
-def _check_images(images, validate_values: bool) -> torch.Tensor:
+def check_images(images, validate_values: bool) -> torch.Tensor:
     if not isinstance(images, torch.Tensor):
         raise ValueError(f"images must be a torch.Tensor [B, 3, H, W], got {type(images).__name__}")
     if images.dim() != 4:
@@ -164,13 +162,13 @@ def _check_images(images, validate_values: bool) -> torch.Tensor:
     return images
 
 
-def _check_dtype(dtype) -> torch.dtype:
+def check_dtype(dtype) -> torch.dtype:
     if dtype not in OUT_DTYPES:
         raise ValueError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
     return dtype
 
 
-def _check_motions(motions: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
+def check_motions(motions: torch.Tensor, batch: int, device: torch.device) -> torch.Tensor:
     if not isinstance(motions, torch.Tensor) or motions.dtype not in (torch.int64, torch.int32):
         raise ValueError("motions must be an int64 tensor [B, 8] of choices within each group (see draw_motions)")
     if motions.dim() == 1:
@@ -226,10 +224,10 @@ def threshold_from_extremes(
     """
     device = vmin.device
     if from_bytes:
-        scale = _f32(_U8_SCALE, device)
+        scale = f32_scalar(U8_SCALE, device)
         vmin, vmax = vmin.to(torch.float32) * scale, vmax.to(torch.float32) * scale
     value_range = vmax - vmin
-    thr = value_range * _f32(ratio, device)
+    thr = value_range * f32_scalar(ratio, device)
     return torch.where(value_range > 0, thr, torch.full_like(thr, math.inf))
 
 
@@ -242,198 +240,10 @@ def intensity_and_threshold(images: torch.Tensor, ratio: float) -> tuple[torch.T
         m = images.amax(dim=1)
         flat = m.view(batch, -1)
         thr = threshold_from_extremes(flat.amin(dim=1), flat.amax(dim=1), ratio, from_bytes=True)
-        v = m.to(torch.float32).mul_(_f32(_U8_SCALE, images.device))
+        v = m.to(torch.float32).mul_(f32_scalar(U8_SCALE, images.device))
     else:
         v = images.to(torch.float32).amax(dim=1)
         flat = v.view(batch, -1)
         # amin + amax: torch.aminmax(dim=1) is ~15x slower on the CPU for this shape.
         thr = threshold_from_extremes(flat.amin(dim=1), flat.amax(dim=1), ratio)
     return v, thr
-
-
-def _convert_torch(
-    images: torch.Tensor,
-    ratio: float,
-    order: tuple[int, ...],
-    motions: torch.Tensor,
-    dtype: torch.dtype,
-    uniform: bool | None = None,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    batch, _, height, width = images.shape
-    v, thr = intensity_and_threshold(images, ratio)
-    # Border replication == clamping the coordinates of every tap (spec, stage 2).
-    vp = F.pad(v.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
-    thr_on = thr.view(batch, 1, 1)
-    thr_off = -thr_on
-    if out is None:
-        out = torch.empty((len(order), batch, 2, height, width), dtype=dtype, device=images.device)
-    if uniform is None:  # caller-supplied motions: find out (a host sync on CUDA; the fused path has none)
-        uniform = motions.shape[0] <= 1 or bool((motions == motions[:1]).all())
-    choices = motions[:1].tolist() if uniform else motions.tolist()
-    diff = torch.empty((batch, height, width), dtype=torch.float32, device=images.device)
-    # torch's CPU comparison kernels are ~4x slower writing bool/uint8 than writing float, so for the
-    # storage dtypes compare into a float scratch and cast it into a bool view of the output (uint8
-    # 0/1 bytes are bool bytes): two fast passes beat one slow one.
-    direct = dtype.is_floating_point
-    target = out if direct else out.view(torch.bool)
-    scratch = None if direct else torch.empty_like(diff)
-
-    def window(p: int) -> torch.Tensor:
-        dr, dc = position_offset(p)
-        return vp[:, 1 + dr : 1 + dr + height, 1 + dc : 1 + dc + width]
-
-    for t, group in enumerate(order):
-        if uniform:
-            s, e = MOTION_GROUPS[group][choices[0][group]]
-            torch.sub(window(e), window(s), out=diff)
-        else:
-            # Per-sample motions: each sample's difference is a subtraction of two views of its own
-            # padded map (no gathers); the compares below still run once over the whole batch.
-            for b, row in enumerate(choices):
-                s, e = MOTION_GROUPS[group][row[group]]
-                torch.sub(window(e)[b], window(s)[b], out=diff[b])
-        if direct:  # comparisons write 0/1 straight into the float output: no temporary, no cast
-            torch.ge(diff, thr_on, out=target[t, :, 0])
-            torch.le(diff, thr_off, out=target[t, :, 1])
-        else:
-            target[t, :, 0].copy_(torch.ge(diff, thr_on, out=scratch))
-            target[t, :, 1].copy_(torch.le(diff, thr_off, out=scratch))
-    return out
-
-
-def _fused_available(images: torch.Tensor, impl: str) -> bool:
-    if impl == "torch" or not images.is_cuda:
-        return False
-    try:
-        from . import i2e_triton  # noqa: F401  (lazy: Triton is only needed on CUDA)
-    except ImportError:
-        if impl == "triton":
-            raise
-        return False
-    return True
-
-
-def i2e_convert(
-    images: torch.Tensor,
-    *,
-    ratio: float = 0.12,
-    timesteps: int = 8,
-    order: Sequence[int] | str | None = None,
-    train: bool = False,
-    per_sample: bool = True,
-    generator: torch.Generator | None = None,
-    motions: torch.Tensor | None = None,
-    dtype: torch.dtype = torch.float32,
-    impl: str = "auto",
-    validate: bool = True,
-    out: torch.Tensor | None = None,
-) -> torch.Tensor:
-    """Convert ``[B, 3, H, W]`` images to events ``[T, B, 2, H, W]`` (shared/I2E_SPEC.md).
-
-    Args:
-        images: uint8 0..255 or float 0..1, on CPU or CUDA.
-        ratio: threshold as a fraction of each image's intensity range (0.12 ImageNet, 0.07 CIFAR@128).
-        timesteps: T in 1..8; the first T groups of ``order`` are used.
-        order: group order, indices 0..7 or letters ("efghabcd" is the default).
-        train: random motion within each group (augmentation); False uses the canonical motions.
-        per_sample: in training, draw per sample (this project) or once per batch (the authors').
-        generator: torch.Generator for reproducible draws (on the images' device).
-        motions: explicit ``[B, 8]`` choices (overrides train/per_sample/generator).
-        dtype: bool/uint8 for storage, float16/bfloat16/float32 for a model.
-        impl: "auto" (fused Triton kernel for CUDA tensors when available), "torch" or "triton".
-        validate: check float inputs for NaN/inf/range (one reduction; costs a sync on CUDA).
-        out: optional contiguous ``[T, B, 2, H, W]`` tensor of ``dtype`` on the images' device to write
-            into. Reusing one buffer across calls (export, benchmarks) saves fresh-memory page faults,
-            which on the CPU cost as much as the conversion itself.
-    """
-    ratio = _check_ratio(ratio)
-    order = parse_order(order, timesteps)
-    dtype = _check_dtype(dtype)
-    if impl not in ("auto", "torch", "triton"):
-        raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-    images = _check_images(images, validate)
-    batch = images.shape[0]
-    uniform = None
-    if motions is None:
-        gen_device = generator.device if generator is not None else images.device
-        motions = draw_motions(batch, train=train, per_sample=per_sample, generator=generator, device=gen_device)
-        motions = motions.to(images.device)  # valid by construction: no check, no CUDA sync
-        uniform = not train or not per_sample or batch == 1
-    else:
-        motions = _check_motions(motions, batch, images.device)
-    if out is not None:
-        expected = (len(order), batch, 2, images.shape[2], images.shape[3])
-        if (not isinstance(out, torch.Tensor) or tuple(out.shape) != expected or out.dtype != dtype
-                or out.device != images.device or not out.is_contiguous()):
-            got = (tuple(out.shape), out.dtype, out.device) if isinstance(out, torch.Tensor) else type(out).__name__
-            raise ValueError(f"out must be a contiguous tensor {list(expected)} of {dtype} on {images.device}, got {got}")
-    if _fused_available(images, impl):
-        from .i2e_triton import convert_fused
-
-        return convert_fused(images, ratio=ratio, order=order, motions=motions, dtype=dtype, out=out)
-    return _convert_torch(images, ratio, order, motions, dtype, uniform, out)
-
-
-def event_rate(events: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
-    """Fraction of pixels firing, per timestep and polarity.
-
-    ``events`` is ``[T, B, 2, H, W]``; returns ``[T, 2]`` (mean over the batch) or ``[T, B, 2]``.
-    """
-    if not isinstance(events, torch.Tensor) or events.dim() != 5 or events.shape[2] != 2:
-        shape = tuple(events.shape) if isinstance(events, torch.Tensor) else type(events).__name__
-        raise ValueError(f"events must be a tensor [T, B, 2, H, W], got {shape}")
-    rate = events.to(torch.float32).mean(dim=(-2, -1))  # [T, B, 2]
-    return rate if per_sample else rate.mean(dim=1)
-
-
-class I2E(nn.Module):
-    """The I2E conversion as a module: ``training`` mode draws random motions, ``eval()`` is canonical.
-
-    >>> i2e = I2E(ratio=0.12).eval()
-    >>> events = i2e(images_uint8)          # [8, B, 2, H, W] float32
-    """
-
-    def __init__(
-        self,
-        ratio: float = 0.12,
-        timesteps: int = 8,
-        order: Sequence[int] | str | None = None,
-        per_sample: bool = True,
-        dtype: torch.dtype = torch.float32,
-        impl: str = "auto",
-    ):
-        super().__init__()
-        self.ratio = _check_ratio(ratio)
-        self.timesteps = _check_timesteps(timesteps)
-        self.order = parse_order(order, timesteps)
-        self.per_sample = bool(per_sample)
-        self.dtype = _check_dtype(dtype)
-        if impl not in ("auto", "torch", "triton"):
-            raise ValueError(f"impl must be 'auto', 'torch' or 'triton', got {impl!r}")
-        self.impl = impl
-
-    def forward(
-        self,
-        images: torch.Tensor,
-        generator: torch.Generator | None = None,
-        motions: torch.Tensor | None = None,
-        validate: bool = True,
-    ) -> torch.Tensor:
-        return i2e_convert(
-            images,
-            ratio=self.ratio,
-            timesteps=self.timesteps,
-            order=self.order,
-            train=self.training,
-            per_sample=self.per_sample,
-            generator=generator,
-            motions=motions,
-            dtype=self.dtype,
-            impl=self.impl,
-            validate=validate,
-        )
-
-    def extra_repr(self) -> str:
-        order = "".join(GROUP_LETTERS[g] for g in self.order)
-        return f"ratio={self.ratio}, timesteps={self.timesteps}, order={order!r}, per_sample={self.per_sample}, dtype={self.dtype}"

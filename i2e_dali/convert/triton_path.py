@@ -4,7 +4,7 @@ Two launches per batch:
 
 1. ``_minmax_kernel`` - per-image min/max of V = max(R, G, B) as per-chunk partials (a few floats per
    image); the threshold ``thr = (vmax - vmin) * ratio`` (infinite for a constant image) is then formed
-   by three tiny torch ops with exactly the arithmetic of :func:`i2e_dali.i2e.intensity_and_threshold`.
+   by three tiny torch ops with exactly the arithmetic of :func:`i2e_dali.convert.spec.intensity_and_threshold`.
 2. ``_convert_kernel`` - one program per (tile, image). It loads the three channels at the nine
    positions of the 3x3 window (the tile plus a one-pixel halo; the halo and neighbouring taps are
    L1/L2 hits, so DRAM sees each input byte about once), forms the nine V tiles in registers, and for
@@ -20,7 +20,7 @@ and is launched with ``enable_fp_fusion=False`` so the compiler cannot contract 
 FMA (which would round once instead of twice and flip events that sit exactly on the threshold).
 
 The module imports without a GPU (Triton itself is CPU-installable); it is called by
-:func:`i2e_dali.i2e.i2e_convert` for CUDA tensors, and runs on CPU tensors under Triton's interpreter
+:func:`i2e_dali.convert.api.i2e_convert` for CUDA tensors, and runs on CPU tensors under Triton's interpreter
 (``TRITON_INTERPRET=1`` set before this module is imported), which is how CI checks it.
 """
 from __future__ import annotations
@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .i2e import GROUP_SIZES, MAX_TIMESTEPS, MOTION_GROUPS, OUT_DTYPES, _U8_SCALE, threshold_from_extremes
+from .spec import GROUP_SIZES, MAX_TIMESTEPS, MOTION_GROUPS, OUT_DTYPES, U8_SCALE, threshold_from_extremes
 
 __all__ = ["FusedConfig", "convert_fused", "fused_threshold", "tile_shape"]
 
@@ -269,7 +269,7 @@ def _check_launchable(images: torch.Tensor) -> None:
         return
     raise ValueError(
         f"convert_fused runs on CUDA tensors (got a tensor on {images.device}); on the CPU use "
-        "i2e_dali.i2e.i2e_convert(..., impl='torch'), or import this module with TRITON_INTERPRET=1 set "
+        "i2e_dali.convert.api.i2e_convert(..., impl='torch'), or import this module with TRITON_INTERPRET=1 set "
         "(Triton's interpreter, for tests)"
     )
 
@@ -277,7 +277,7 @@ def _check_launchable(images: torch.Tensor) -> None:
 def fused_threshold(images: torch.Tensor, ratio: float) -> torch.Tensor:
     """Per-image threshold ``[B]`` float32: ``(max V - min V) * ratio``, ``inf`` where the range is 0.
 
-    Bit-identical to the threshold of :func:`i2e_dali.i2e.intensity_and_threshold`; no host sync.
+    Bit-identical to the threshold of :func:`i2e_dali.convert.spec.intensity_and_threshold`; no host sync.
     """
     _check_launchable(images)
     batch, _, height, width = images.shape
@@ -304,7 +304,7 @@ def convert_fused(
 ) -> torch.Tensor:
     """I2E events ``[T, B, 2, H, W]`` from ``[B, 3, H, W]`` images in two kernel launches.
 
-    Arguments are the already-validated ones of :func:`i2e_dali.i2e.i2e_convert` (which is the public
+    Arguments are the already-validated ones of :func:`i2e_dali.convert.api.i2e_convert` (which is the public
     entry point): ``order`` a tuple of group indices (T = len(order)), ``motions`` int ``[B, 8]`` choices
     within each group (any strides, e.g. an expanded batch-wide draw), ``dtype`` the output dtype.
     Any input strides are accepted (e.g. a channels-last batch viewed as [B, 3, H, W]) without a copy.
@@ -355,7 +355,7 @@ def _launch(images, ratio, order, motions, dtype, config, out=None) -> torch.Ten
         height, width, *images.stride(),
         motions.stride(0), motions.stride(1),
         out.stride(0), out.stride(1),
-        tiles_w, _U8_SCALE,
+        tiles_w, U8_SCALE,
         IS_U8=images.dtype == torch.uint8,
         OUT_FLOAT=dtype.is_floating_point,
         ORDER_CODE=order_code,
