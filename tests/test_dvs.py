@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from i2e_dali import dvs
-from i2e_dali.dvs import CIFAR10DVS, DVSFormatError, events_to_frames, read_aedat, split_recordings
+from i2e_dali.data import dvs
+from i2e_dali.data.dvs import CIFAR10DVS, DVSFormatError, events_to_frames, read_aedat, split_recordings
 
 HEADER = (
     b"#!AER-DAT2.0\r\n"
@@ -399,6 +399,20 @@ def test_spikingjelly_layout_is_found(tmp_path):
     assert ds.classes == ["airplane", "cat"] and len(ds) == 2
 
 
+def trainer_dvs_loaders(args):
+    """The trainer's own path: flags -> resolved config -> training.data.build_loaders."""
+    from i2e_dali.training.config import build_parser, resolve_config
+    from i2e_dali.training.data import build_loaders
+    from i2e_dali.training.runtime import Runtime
+
+    argv = ["--dataset", "cifar10-dvs", "--data", args.data, "-b", str(args.batch_size), "-T", str(args.timesteps),
+            "--seed", str(args.seed), "--workers", str(args.workers), "--device", "cpu", "--cache-dir", args.cache_dir,
+            "--val-fraction", str(args.val_fraction)]
+    if not getattr(args, "progress", True):
+        argv.append("--no-progress")
+    return build_loaders(resolve_config(build_parser().parse_args(argv)), Runtime(torch.device("cpu")))
+
+
 # ------------------------------------------------------------------------------------------------
 # Loaders
 # ------------------------------------------------------------------------------------------------
@@ -408,7 +422,7 @@ def test_build_loaders_end_to_end(tmp_path):
         data=str(tmp_path / "d"), batch_size=4, timesteps=8, seed=2024, workers=0, device="cpu",
         cache_dir=str(tmp_path / "cache"), val_fraction=0.1,
     )
-    train_loader, val_loader = dvs.build_loaders(args)
+    train_loader, val_loader = trainer_dvs_loaders(args)
     assert train_loader.num_classes == 3 and train_loader.class_names == ["airplane", "cat", "dog"]
     assert train_loader.total_samples == 15 and val_loader.total_samples == 3
     assert len(train_loader) == 3 and len(val_loader) == 1
@@ -447,14 +461,21 @@ def test_unwritable_cache_dir_says_what_to_do(tmp_path):
 _DIST_WORKER = textwrap.dedent(
     """
     import argparse, json, sys
+    import torch
     import torch.distributed as dist
-    from i2e_dali import dvs
+    from i2e_dali.data import dvs
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
     args = argparse.Namespace(data={data!r}, batch_size=2, timesteps=4, seed=1, workers=0, device="cpu",
                               cache_dir={cache!r}, val_fraction=0.25, progress=False)
     try:
-        train, val = dvs.build_loaders(args)
+        from i2e_dali.training.config import build_parser, resolve_config
+        from i2e_dali.training.data import build_loaders
+        from i2e_dali.training.runtime import Runtime
+        cfg = resolve_config(build_parser().parse_args([
+            "--dataset", "cifar10-dvs", "--data", args.data, "-b", "2", "-T", "4", "--seed", "1", "--workers", "0",
+            "--device", "cpu", "--cache-dir", args.cache_dir, "--val-fraction", "0.25", "--no-progress"]))
+        train, val = build_loaders(cfg, Runtime(torch.device("cpu"), rank, 2))
     except dvs.DVSFormatError as exc:
         json.dump({{"error": str(exc)}}, open({outdir!r} + f"/rank{{rank}}.json", "w"))
         raise SystemExit(3)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2e_dali.frame_loader import FrameLoader, ShardedSequentialSampler
+from i2e_dali.data.frame_loader import FrameLoader, ShardedSequentialSampler
 
 T, H, W = 3, 5, 7
 
@@ -197,7 +197,7 @@ _WORKER = textwrap.dedent(
     import torch.distributed as dist
     sys.path.insert(0, {tests!r})
     from test_frame_loader import ToyFrames
-    from i2e_dali.frame_loader import FrameLoader
+    from i2e_dali.data.frame_loader import FrameLoader
     rank = int(sys.argv[1])
     dist.init_process_group("gloo", init_method={init!r}, rank=rank, world_size=2)
     ds = ToyFrames(23)

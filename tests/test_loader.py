@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from i2e_dali.datasets import CifarSource, ImageFolderSource
-from i2e_dali.i2e import i2e_convert
-from i2e_dali.loader import EventLoader
+from i2e_dali.data.sources import CifarSource, ImageFolderSource
+from i2e_dali.convert import i2e_convert
+from i2e_dali.data.event_loader import EventLoader
 from loader_data import dali_pixels, make_folder, write_cifar
 
 COUNTS = {"cat": 5, "ant": 4, "dog": 6}  # 15 images; sorted classes: ant=0, cat=1, dog=2

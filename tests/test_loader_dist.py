@@ -22,8 +22,8 @@ def _worker(rank: int, world: int, port: int, folder: str, cifar: str, out: str)
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
-        from i2e_dali.datasets import CifarSource, ImageFolderSource
-        from i2e_dali.loader import EventLoader
+        from i2e_dali.data.sources import CifarSource, ImageFolderSource
+        from i2e_dali.data.event_loader import EventLoader
 
         result = {}
         for name, src in (("folder", ImageFolderSource(folder)), ("cifar", CifarSource(cifar, train=True))):

@@ -9,11 +9,10 @@ import numpy as np
 import pytest
 import torch
 
-from i2e_dali.npz import (
+from i2e_dali.data.npz import (
     META_NAME,
     NpzEventDataset,
     NpzFormatError,
-    build_loaders,
     dense_to_sparse,
     load_events,
     read_npz_info,
@@ -21,6 +20,19 @@ from i2e_dali.npz import (
     sparse_to_dense,
     write_npz,
 )
+
+
+def build_loaders(args):
+    """The trainer's own path: flags -> resolved config -> training.data.build_loaders."""
+    from i2e_dali.training.config import build_parser, resolve_config
+    from i2e_dali.training.data import build_loaders as trainer_loaders
+    from i2e_dali.training.runtime import Runtime
+
+    cfg = resolve_config(build_parser().parse_args([
+        "--dataset", "i2e-npz", "--data", args.data, "-b", str(args.batch_size), "-T", str(args.timesteps),
+        "--seed", str(args.seed), "--workers", str(args.workers), "--device", "cpu"]))
+    return trainer_loaders(cfg, Runtime(torch.device("cpu")))
+
 
 
 def _events(seed, T=4, H=6, W=9, p=0.2):
@@ -185,7 +197,9 @@ def test_build_loaders_reads_an_exported_tree(tmp_path, fmt):
 
 def test_build_loaders_refuses_bad_trees(tmp_path):
     args = argparse.Namespace(data=str(tmp_path / "nope"), batch_size=2, timesteps=4, seed=1, workers=0, device="cpu")
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    from i2e_dali.errors import TrainError
+
+    with pytest.raises(TrainError, match="does not exist"):
         build_loaders(args)
     _write(tmp_path / "d" / "train" / "a" / "0.npz", _events(0), "dense")
     args.data = str(tmp_path / "d")

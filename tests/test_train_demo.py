@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from i2e_dali.demo import CLASSES, DemoConfig, draw_sample, ensure_demo_dataset
+from i2e_dali.data.demo import CLASSES, DemoConfig, draw_sample, ensure_demo_dataset
 
 from train_helpers import REPO, metrics, subprocess_env
 
@@ -45,7 +45,7 @@ def test_demo_set_is_deterministic_cached_and_complete(tmp_path):
 
 
 def test_interrupted_generation_leaves_no_half_set(tmp_path, monkeypatch):
-    import i2e_dali.demo as demo
+    import i2e_dali.data.demo as demo
 
     def boom(*a, **k):
         raise KeyboardInterrupt

@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 from tqdm import tqdm
+from ..placement import DEFAULT_SEED
 
 __all__ = ["DemoConfig", "CLASSES", "default_cache_root", "ensure_demo_dataset", "draw_sample"]
 
@@ -46,7 +47,7 @@ class DemoConfig:
     train_per_class: int = 160
     val_per_class: int = 40
     image_size: int = 64
-    seed: int = 2024
+    seed: int = DEFAULT_SEED
     quality: int = 90
     num_classes: int = len(CLASSES)
 

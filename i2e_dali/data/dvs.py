@@ -50,8 +50,9 @@ import torch
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from .fsio import atomic_write
-from .placement import usable_cores
+from ..fsio import atomic_write
+from ..placement import DEFAULT_SEED, usable_cores
+from ..errors import DVSFormatError, DVSCacheError
 
 __all__ = [
     "CIFAR10DVS_CLASSES",
@@ -65,7 +66,7 @@ __all__ = [
     "split_recordings",
     "FrameCache",
     "CIFAR10DVS",
-    "build_loaders",
+    "open_dvs_splits",
 ]
 
 log = logging.getLogger(__name__)
@@ -83,14 +84,6 @@ _SPECIAL_BITS = 0x8000_8000  # bit 31: jAER special event; bit 15: DVS128 extern
 _DVS128_BITS = 0x0000_7FFF  # polarity (bit 0), x (bits 1-7), y (bits 8-14)
 _POLARITIES = ("on-off", "spikingjelly")
 _SPLITS = ("seeded", "authors")
-
-
-class DVSFormatError(ValueError):
-    """A recording is not a readable DVS128 AEDAT 2.0 file; the message names the file."""
-
-
-class DVSCacheError(ValueError):
-    """The frame cache cannot be written where it was asked for; the message says what to pass instead."""
 
 
 @dataclass(frozen=True)
@@ -267,7 +260,7 @@ def split_recordings(
     samples: Sequence[tuple[Path, int]],
     *,
     val_fraction: float = 0.1,
-    seed: int = 2024,
+    seed: int = DEFAULT_SEED,
     mode: str = "seeded",
 ) -> tuple[list[int], list[int]]:
     """(train indices, val indices) into ``samples``: per class, disjoint, together complete.
@@ -430,7 +423,7 @@ class CIFAR10DVS(Dataset):
         timesteps: int = 8,
         cache_dir: str | os.PathLike | None = None,
         val_fraction: float = 0.1,
-        seed: int = 2024,
+        seed: int = DEFAULT_SEED,
         *,
         split: str = "seeded",
         polarity: str = "on-off",
@@ -477,50 +470,27 @@ class CIFAR10DVS(Dataset):
         return f"CIFAR10DVS({self.root}, {side}, n={len(self)}, T={self.timesteps}, polarity={self.polarity})"
 
 
-def build_loaders(args):
-    """(train_loader, val_loader) FrameLoaders over CIFAR10-DVS from the trainer's argparse namespace.
+def open_dvs_splits(root, *, timesteps: int = 8, cache_dir=None, val_fraction: float = 0.1,
+                    seed: int = DEFAULT_SEED, split: str = "seeded", polarity: str = "on-off",
+                    binarize: bool = False, workers: int | None = None, progress: bool = True):
+    """(train_set, val_set) CIFAR10DVS data sets over the recordings in ``root``.
 
-    Reads ``data``, ``batch_size``, ``timesteps``, ``seed``, ``workers``, ``device``, ``cache_dir`` (may be
-    None) and ``val_fraction``; optionally ``dvs_split`` ("seeded"/"authors"), ``dvs_polarity``
-    ("on-off"/"spikingjelly"), ``dvs_binarize``, ``dvs_flip`` (training flips, default on) and ``progress``.
+    Under DDP rank 0 parses and caches first while the others wait, so the work is not done world-size
+    times over; rank 0 reaches the barrier even when it fails, and the others then fail the same way
+    instead of hanging.
     """
-    from .frame_loader import FrameLoader
-
-    if getattr(args, "data", None) is None:
-        raise ValueError("--data is required for --dataset cifar10-dvs: the folder holding airplane/, automobile/, ...")
-    workers = getattr(args, "workers", None)
-    timesteps = getattr(args, "timesteps", None) or 8
-    val_fraction = getattr(args, "val_fraction", None)
-    seed = getattr(args, "seed", 2024)
-    common = dict(
-        timesteps=timesteps,
-        cache_dir=getattr(args, "cache_dir", None),
-        val_fraction=0.1 if val_fraction is None else val_fraction,
-        seed=seed,
-        split=getattr(args, "dvs_split", "seeded"),
-        polarity=getattr(args, "dvs_polarity", "on-off"),
-        binarize=getattr(args, "dvs_binarize", False),
-        workers=workers,
-    )
+    common = dict(timesteps=timesteps, cache_dir=cache_dir, val_fraction=val_fraction, seed=seed, split=split,
+                  polarity=polarity, binarize=binarize, workers=workers)
     distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
     rank = torch.distributed.get_rank() if distributed else 0
-    progress = bool(getattr(args, "progress", True)) and rank == 0
-    # Under DDP rank 0 parses and caches first while the others wait, so the work is not done world-size
-    # times over; rank 0 reaches the barrier even when it fails, and the others then fail the same way
-    # instead of hanging.
     if distributed and rank != 0:
         torch.distributed.barrier()
     try:
-        train_set = CIFAR10DVS(args.data, True, progress=progress, **common)
+        train_set = CIFAR10DVS(root, True, progress=progress and rank == 0, **common)
     finally:
         if distributed and rank == 0:
             torch.distributed.barrier()
-    val_set = CIFAR10DVS(args.data, False, progress=False, **common)
-    loader_kw = dict(device=getattr(args, "device", "auto") or "auto", seed=seed, num_workers=workers)
-    train_loader = FrameLoader(
-        train_set, args.batch_size, train=True, flip=getattr(args, "dvs_flip", True), **loader_kw
-    )
-    val_loader = FrameLoader(val_set, args.batch_size, train=False, flip=False, **loader_kw)
+    val_set = CIFAR10DVS(root, False, progress=False, **common)
     log.info("CIFAR10-DVS: %d train / %d val recordings, T=%d, cache %s", len(train_set), len(val_set),
              timesteps, train_set.cache.dir)
-    return train_loader, val_loader
+    return train_set, val_set

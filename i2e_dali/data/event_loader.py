@@ -31,11 +31,12 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .datasets import CifarSource, ImageFolderSource, UndecodableImageError, dali_error_detail
+from .base import LoaderBase
+from .sources import CifarSource, ImageFolderSource, UndecodableImageError, dali_error_detail
 from pipelines import shard_bounds
 
-from .i2e import i2e_convert, parse_order
-from .placement import cores_per_rank, default_shard, resolve_device
+from ..convert import i2e_convert, parse_order
+from ..placement import DEFAULT_SEED, cores_per_rank, default_shard, resolve_device
 
 __all__ = ["EventLoader"]
 
@@ -59,7 +60,7 @@ _DALI_DATA_ERRORS = ("failed to decode", "nvimagecodec", "file mapping", "open f
                      "decoder", "premature end", "invalid marker")
 
 
-class EventLoader:
+class EventLoader(LoaderBase):
     """Iterate ``(events [T,B,2,H,W], labels [B] int64)`` (plus ``indices [B]`` with ``with_index``).
 
     Args:
@@ -99,7 +100,7 @@ class EventLoader:
         device: str | torch.device = "auto",
         shard_id: int | None = None,
         num_shards: int | None = None,
-        seed: int = 2024,
+        seed: int = DEFAULT_SEED,
         num_threads: int | None = None,
         with_index: bool = False,
         eval_view: str = "crop",
@@ -165,18 +166,18 @@ class EventLoader:
         n, s = self.total_samples, self.num_shards
         if self.train:
             shard = n // s  # equal shards (DALI's per-epoch shuffle needs them); <= s-1 samples left out
-            self._batches = shard // batch_size
-            if self._batches == 0:
+            self._batches_per_epoch = shard // batch_size
+            if self._batches_per_epoch == 0:
                 raise ValueError(
                     f"batch_size {batch_size} is larger than this rank's share of the training set "
                     f"({shard} of {n} images over {s} shard(s)); lower the batch size"
                 )
-            self.num_samples = self._batches * batch_size
+            self.num_samples = self._batches_per_epoch * batch_size
         else:
             lo, hi = shard_bounds(n, self.shard_id, s)
             self._eval_range = (lo, hi)
             self.num_samples = hi - lo
-            self._batches = math.ceil(self.num_samples / batch_size)
+            self._batches_per_epoch = math.ceil(self.num_samples / batch_size)
 
         self._labels = torch.as_tensor([lab for _, lab in source.samples], dtype=torch.int64, device=self.device)
         self._generator = None
@@ -187,7 +188,7 @@ class EventLoader:
         self._consumed = 0  # batches of the current epoch handed out
         self._iterator = None
         self._pipe = None
-        if self._batches > 0:
+        if self._batches_per_epoch > 0:
             self._build(checkpoint=None)
 
     # ----------------------------------------------------------------------------------------------
@@ -282,7 +283,7 @@ class EventLoader:
         detail = dali_error_detail(msg)
         if not paths and self.kind == "folder" and len(self._my_files()) <= _AUTO_CHECK_LIMIT:
             # DALI did not say which file; on a small shard finding it is cheap, so do it now.
-            from .check import decode_check
+            from .decode_check import decode_check
 
             paths = [p for p, _ in decode_check(self._my_files(), num_threads=self.num_threads, progress=False)]
         if paths:
@@ -304,9 +305,6 @@ class EventLoader:
     # ----------------------------------------------------------------------------------------------
     # iteration
     # ----------------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        return self._batches
-
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
         return self._epoch()
 
@@ -314,7 +312,7 @@ class EventLoader:
         if self._iterator is None:  # an empty evaluation shard (more ranks than samples)
             self.epoch += 1
             return
-        if self._consumed >= self._batches:
+        if self._consumed >= self._batches_per_epoch:
             # The previous pass took every batch but stopped before DALI said so: close that epoch.
             self._drain()
         while True:
@@ -388,13 +386,7 @@ class EventLoader:
         size, shard and seed). Rebuilds the DALI pipeline from its checkpoint."""
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
             raise ValueError("not an EventLoader state (or from another version of i2e-dali)")
-        mine = self._fingerprint()
-        diff = {k: (state.get(k), v) for k, v in mine.items() if state.get(k) != v}
-        if diff:
-            raise ValueError(
-                "loader state does not match this loader (saved vs now): "
-                + ", ".join(f"{k}: {a!r} vs {b!r}" for k, (a, b) in diff.items())
-            )
+        self._check_fingerprint({k: state.get(k) for k in self._fingerprint()})
         if state["dali"] is not None:
             self._build(checkpoint=state["dali"])
         if self._generator is not None and state.get("generator") is not None:

@@ -29,8 +29,9 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from pipelines import shard_bounds
 
-from .i2e import OUT_DTYPES
-from .placement import cores_per_rank, default_shard, resolve_device
+from ..convert import OUT_DTYPES
+from .base import LoaderBase
+from ..placement import DEFAULT_SEED, cores_per_rank, default_shard, resolve_device
 
 __all__ = ["FrameLoader", "ShardedSequentialSampler"]
 
@@ -98,7 +99,7 @@ class _Indexed(Dataset):
         return frames, int(label), index
 
 
-class FrameLoader:
+class FrameLoader(LoaderBase):
     """Iterate ``(events [T, B, 2, H, W], labels [B])`` over a dataset of precomputed event frames.
 
     Args:
@@ -125,7 +126,7 @@ class FrameLoader:
         device: str | torch.device = "auto",
         shard_id: int | None = None,
         num_shards: int | None = None,
-        seed: int = 2024,
+        seed: int = DEFAULT_SEED,
         num_workers: int | None = None,
         flip: bool | None = None,
         with_index: bool = False,
@@ -176,7 +177,7 @@ class FrameLoader:
             sampler = ShardedSequentialSampler(n, self.shard_id, self.num_shards)
             self.num_samples = len(sampler)
         self._batches = _ResumableBatchSampler(sampler, batch_size, drop_last=self.train)
-        self._len = len(self._batches.batches)
+        self._batches_per_epoch = len(self._batches.batches)
 
         shape = getattr(dataset, "frame_shape", None)
         if shape is None:
@@ -200,10 +201,6 @@ class FrameLoader:
         self._flips: tuple[int, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------------------------------------
-    def __len__(self) -> int:
-        """Batches per epoch on this rank."""
-        return self._len
-
     def _flip_mask(self, indices: torch.Tensor) -> torch.Tensor:
         # One Bernoulli(0.5) per sample and epoch, drawn for the whole dataset: independent of how the
         # data is sharded or batched, and recomputable after a resume.
@@ -229,7 +226,7 @@ class FrameLoader:
         return out
 
     def __iter__(self):
-        if self.position >= self._len:  # the previous epoch ran to its end without StopIteration
+        if self.position >= self._batches_per_epoch:  # the previous epoch ran to its end without StopIteration
             self.epoch += 1
             self.position = 0
         self._batches.epoch = self.epoch
@@ -257,30 +254,21 @@ class FrameLoader:
         self.position = 0
 
     # ---------------------------------------------------------------------------------------------
+    def _fingerprint(self) -> dict:
+        return {"seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
+                "total_samples": self.total_samples, "train": self.train}
+
     def state_dict(self) -> dict:
-        return {
-            "epoch": self.epoch,
-            "position": self.position,
-            "seed": self.seed,
-            "batch_size": self.batch_size,
-            "num_shards": self.num_shards,
-            "total_samples": self.total_samples,
-            "train": self.train,
-        }
+        return {"epoch": self.epoch, "position": self.position, **self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
         try:
             epoch, position = int(state["epoch"]), int(state["position"])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"not a FrameLoader state dict (needs 'epoch' and 'position'): {state!r}") from exc
-        for key in ("seed", "batch_size", "num_shards", "total_samples", "train"):
-            if key in state and state[key] != getattr(self, key):
-                raise ValueError(
-                    f"loader state was saved with {key}={state[key]!r} but this loader has "
-                    f"{key}={getattr(self, key)!r}; the saved position would not continue the same run"
-                )
-        if not 0 <= position <= self._len:
-            raise ValueError(f"loader state position {position} is outside 0..{self._len}")
+        self._check_fingerprint(state)
+        if not 0 <= position <= self._batches_per_epoch:
+            raise ValueError(f"loader state position {position} is outside 0..{self._batches_per_epoch}")
         self.epoch, self.position = epoch, position
 
     def __repr__(self) -> str:

@@ -29,6 +29,7 @@ from typing import Sequence
 import numpy as np
 import torch
 from torch.utils.data import Dataset
+from ..errors import NpzFormatError
 
 __all__ = [
     "NpzFormatError",
@@ -43,7 +44,7 @@ __all__ = [
     "write_npz",
     "read_meta",
     "NpzEventDataset",
-    "build_loaders",
+    "open_npz_splits",
 ]
 
 META_NAME = "i2e_meta.json"
@@ -52,10 +53,6 @@ SHAPE_KEY = "shape"
 # sparse set carries no size at all and the reader has to guess.
 _KNOWN_SIZES = (128, 224)
 _INFER_FILES = 32
-
-
-class NpzFormatError(ValueError):
-    """An npz file is missing, corrupt, truncated or not an I2E event file."""
 
 
 @dataclass(frozen=True)
@@ -395,37 +392,22 @@ def _split_folder(root: Path, names: Sequence[str]) -> Path:
     )
 
 
-def build_loaders(args):
-    """(train_loader, val_loader) FrameLoaders over ``args.data``/train and ``args.data``/val (or test/).
-
-    Reads ``args.data``, ``args.batch_size``, ``args.timesteps``, ``args.seed``, ``args.workers``,
-    ``args.device`` and, when present, ``args.size`` (for sparse files without a stored shape).
-    """
-    from .frame_loader import FrameLoader
-
-    if getattr(args, "data", None) is None:
-        raise ValueError("--data is required for --dataset i2e-npz: the folder holding train/ and val/")
-    root = Path(args.data).expanduser()
+def open_npz_splits(root, *, timesteps: int | None = None, size: int | None = None):
+    """(train_set, val_set) NpzEventDatasets over ``root``/train and ``root``/val (or test/), checked to
+    share their class folders and frame shape. ``size``: the frame size of sparse files without a stored
+    shape."""
+    root = Path(root).expanduser()
     if not root.is_dir():
         raise FileNotFoundError(f"--data {root} does not exist")
-    size = getattr(args, "size", None)
-    timesteps = getattr(args, "timesteps", None)
     train_set = NpzEventDataset(_split_folder(root, ("train",)), timesteps=timesteps, size=size)
     val_set = NpzEventDataset(_split_folder(root, ("val", "test")), timesteps=timesteps, size=size)
     if train_set.classes != val_set.classes:
         only_train = sorted(set(train_set.classes) - set(val_set.classes))
         only_val = sorted(set(val_set.classes) - set(train_set.classes))
-        raise ValueError(
+        raise NpzFormatError(
             f"{root}: train/ and val/ have different class folders (only in train: {only_train[:5]}, only in "
             f"val: {only_val[:5]}); class indices would not match"
         )
     if train_set.frame_shape != val_set.frame_shape:
-        raise ValueError(f"{root}: train frames {train_set.frame_shape} differ from val frames {val_set.frame_shape}")
-    common = dict(
-        device=getattr(args, "device", "auto") or "auto",
-        seed=getattr(args, "seed", 2024),
-        num_workers=getattr(args, "workers", None),
-    )
-    train = FrameLoader(train_set, args.batch_size, train=True, **common)
-    val = FrameLoader(val_set, args.batch_size, train=False, **common)
-    return train, val
+        raise NpzFormatError(f"{root}: train frames {train_set.frame_shape} differ from val frames {val_set.frame_shape}")
+    return train_set, val_set

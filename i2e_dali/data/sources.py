@@ -18,6 +18,7 @@ from typing import Iterable
 
 import numpy as np
 from tqdm import tqdm
+from ..errors import DatasetError, MissingDataError, UndecodableImageError
 
 __all__ = [
     "DatasetError",
@@ -38,18 +39,6 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", "
                     ".jp2", ".j2k")
 DATASETS = ("imagenet", "folder", "cifar10", "cifar100")
 _MAX_LISTED = 20  # files named in one error message; the rest are counted
-
-
-class DatasetError(ValueError):
-    """A data set on disk is not usable as it is; the message says which file/folder and what to do."""
-
-
-class MissingDataError(DatasetError, FileNotFoundError):
-    """A folder or file the data set needs does not exist."""
-
-
-class UndecodableImageError(DatasetError, RuntimeError):
-    """DALI could not decode an image (raised by the loader; ``i2e-check`` lists every such file)."""
 
 
 def _listing(paths: Iterable, limit: int = _MAX_LISTED) -> str:

@@ -1,0 +1,4 @@
+"""Data: sources on disk (image folders, CIFAR batches, exported npz sets, CIFAR10-DVS recordings, the
+demo set), the DALI ``EventLoader`` and the torch ``FrameLoader`` on one loader contract (``base``), and
+decode checking. Takes explicit keyword arguments only; never parses command lines.
+"""
