@@ -2,7 +2,7 @@
 
 With no arguments it trains a small model on an embedded demo data set (generated once, cached).
 """
-from i2e_dali.train import main
+from i2e_dali.training.run import main
 
 if __name__ == "__main__":
     main()

@@ -16,8 +16,6 @@ spikingjelly 2.0 chooses the LIF kernel itself (native CUDA / Triton / torch); s
 """
 from __future__ import annotations
 
-import logging
-from pathlib import Path
 from typing import Sequence
 
 import torch
@@ -28,17 +26,11 @@ __all__ = [
     "ARCHS",
     "BasicBlock",
     "MSResNet",
-    "CheckpointError",
     "build_model",
     "canonical_arch",
     "expected_state_keys",
-    "load_pretrained",
-    "extract_state_dict",
-    "load_state_into",
     "unwrap",
 ]
-
-log = logging.getLogger(__name__)
 
 # blocks per stage for each architecture (basic blocks, expansion 1)
 ARCHS: dict[str, tuple[int, int, int, int]] = {
@@ -53,10 +45,6 @@ _ALIASES = {
     "ms_resnet34": "msresnet34",
     "ms-resnet34": "msresnet34",
 }
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that does not fit the model (other architecture, width, class count, format)."""
 
 
 def canonical_arch(arch: str) -> str:
@@ -224,75 +212,6 @@ def expected_state_keys(arch: str = "msresnet18") -> list[str]:
     return list(build_model(arch, num_classes=10, width=1).state_dict().keys())
 
 
-# --------------------------------------------------------------------------------------------------
-# loading weights: ours (trainer checkpoints) and the authors' releases
-# --------------------------------------------------------------------------------------------------
-_DROPPED_KEYS = ("i2e.weight",)  # the authors' in-model conversion kernel; here the loader converts
-
-
-def extract_state_dict(obj, *, source: str = "checkpoint") -> dict[str, torch.Tensor]:
-    """Find the model weights in a loaded checkpoint object.
-
-    Accepts our trainer checkpoints (``{"model": ...}``), the authors' (``{"state_dict": ...}``,
-    saved from DataParallel so keys start with ``module.``) and a bare state dict. Strips
-    ``module.`` / ``_orig_mod.`` (torch.compile) prefixes and drops ``i2e.weight``.
-    """
-    if isinstance(obj, dict):
-        for key in ("model", "state_dict", "model_state_dict"):
-            if key in obj and isinstance(obj[key], dict):
-                obj = obj[key]
-                break
-    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(
-            f"{source}: no model weights found (expected a state dict, or a dict with 'model' or 'state_dict')"
-        )
-    out: dict[str, torch.Tensor] = {}
-    for k, v in obj.items():
-        for prefix in ("module.", "_orig_mod."):
-            while k.startswith(prefix):
-                k = k[len(prefix):]
-        if k in _DROPPED_KEYS:
-            log.info("%s: dropping %s (the authors' in-model I2E kernel; conversion happens in the loader)", source, k)
-            continue
-        out[k] = v
-    return out
-
-
-def _numpy_safe_globals() -> list:
-    import numpy as np
-
-    core = getattr(np, "_core", None) or np.core
-    out = [core.multiarray.scalar, np.dtype]
-    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
-    return out
-
-
-def load_pretrained(model: nn.Module, path, *, num_classes: int | None = None, strict: bool = True) -> list[str]:
-    """Load weights from ``path`` into ``model`` (ours or the authors' checkpoint).
-
-    ``num_classes``: the class count the model should end with; when the checkpoint's classifier has a
-    different size (fine-tuning, e.g. I2E-CIFAR10 -> CIFAR10-DVS with the same 10 classes is fine, but
-    ImageNet -> CIFAR10 is not), ``fc`` is re-initialised for ``num_classes`` and only the backbone is
-    loaded. Returns notes describing what was adapted. Raises :class:`CheckpointError` when the
-    checkpoint belongs to another architecture or width, and FileNotFoundError when it is missing.
-    Loading uses ``torch.load(weights_only=True)``: no code from the file is executed.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
-    try:
-        # numpy scalars/dtypes (e.g. a stored accuracy) are data, not code: allowed besides tensors
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
-            obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - the message says what to do
-        raise CheckpointError(
-            f"{path}: cannot be read as a weights-only torch checkpoint ({type(e).__name__}: {e}). "
-            "Checkpoints that pickle Python objects are refused for safety; re-save only the state dict."
-        ) from e
-    return load_state_into(model, extract_state_dict(obj, source=str(path)), num_classes=num_classes,
-                           source=str(path), strict=strict)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     """The plain model inside DDP and/or torch.compile wrappers, in whichever order they were applied
     (``torch.compile(DDP(m))`` and ``DDP(torch.compile(m))`` both occur)."""
@@ -303,46 +222,3 @@ def unwrap(model: nn.Module) -> nn.Module:
             model = model._orig_mod
         else:
             return model
-
-
-def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, num_classes: int | None = None,
-                    source: str = "checkpoint", strict: bool = True) -> list[str]:
-    """Load a cleaned state dict (see :func:`extract_state_dict`) with the checks of :func:`load_pretrained`."""
-    target = unwrap(model)
-    notes: list[str] = []
-    own = target.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    if missing or unexpected:
-        arch = getattr(target, "arch", type(target).__name__)
-        raise CheckpointError(
-            f"{source}: parameter names do not match {arch} "
-            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}). "
-            "It is probably a checkpoint of another architecture: pass the matching --arch."
-        )
-    ckpt_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
-    want = num_classes if num_classes is not None else getattr(target, "num_classes", ckpt_classes)
-    shape_bad = [
-        k for k, v in state.items() if not k.startswith("fc.") and tuple(v.shape) != tuple(own[k].shape)
-    ]
-    if shape_bad:
-        k = shape_bad[0]
-        raise CheckpointError(
-            f"{source}: {k} has shape {tuple(state[k].shape)} but the model expects {tuple(own[k].shape)}; "
-            "the checkpoint was made with another architecture or --width."
-        )
-    if ckpt_classes is not None and ckpt_classes != want:
-        notes.append(f"classifier re-initialised: checkpoint has {ckpt_classes} classes, model needs {want}")
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-        if hasattr(target, "reset_classifier"):
-            target.reset_classifier(want)
-        result = target.load_state_dict(state, strict=False)
-        if set(result.missing_keys) - {"fc.weight", "fc.bias"} or result.unexpected_keys:
-            raise CheckpointError(f"{source}: unexpected key mismatch {result}")
-    else:
-        if getattr(target, "num_classes", want) != want and hasattr(target, "reset_classifier"):
-            target.reset_classifier(want)
-        target.load_state_dict(state, strict=strict)
-    for n in notes:
-        log.info("%s: %s", source, n)
-    return notes

@@ -9,13 +9,9 @@ import pytest
 import torch
 from spikingjelly.activation_based import functional, neuron, surrogate
 
-from i2e_dali.models import (
-    BasicBlock,
-    CheckpointError,
-    build_model,
-    expected_state_keys,
-    load_pretrained,
-)
+from i2e_dali.errors import CheckpointError
+from i2e_dali.models import BasicBlock, build_model, expected_state_keys
+from i2e_dali.training.checkpoint import load_pretrained
 
 _BN = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 

@@ -14,21 +14,12 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
-from i2e_dali.models import CheckpointError, build_model
-from i2e_dali.train import (
-    CKPT_FORMAT,
-    TrainError,
-    build_parser,
-    evaluate,
-    load_checkpoint,
-    main,
-    make_train_step,
-    param_groups,
-    resolve_config,
-    rng_state,
-    save_checkpoint,
-    set_rng_state,
-)
+from i2e_dali.errors import CheckpointError, TrainError
+from i2e_dali.models import build_model
+from i2e_dali.training.checkpoint import CKPT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from i2e_dali.training.config import build_parser, resolve_config
+from i2e_dali.training.engine import evaluate, make_train_step, param_groups
+from i2e_dali.training.run import main
 
 from train_helpers import ddp_evaluate_worker
 

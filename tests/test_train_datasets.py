@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from i2e_dali.train import main
+from i2e_dali.training.run import main
 
 from train_helpers import metrics
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from i2e_dali.train import main
+from i2e_dali.training.run import main
 
 from train_helpers import REPO, free_port, metrics, subprocess_env, tiny_args, tiny_data
 
@@ -156,7 +156,7 @@ def test_evaluate_pretrained_and_mismatches(data4, reference, tmp_path, capsys):
 
 
 def test_out_of_memory_names_the_flag_to_lower(data4, tmp_path, monkeypatch, capsys):
-    import i2e_dali.train as train
+    import i2e_dali.training.engine as train
 
     def oom_step(*a, **k):
         def step(events, labels):

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from i2e_dali.demo import DemoConfig, ensure_demo_dataset
+from i2e_dali.data.demo import DemoConfig, ensure_demo_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def ddp_evaluate_worker(rank: int, world: int, init_file: str, batches, state: d
     import torch.distributed as dist
 
     from i2e_dali.models import build_model
-    from i2e_dali.train import evaluate
+    from i2e_dali.training.engine import evaluate
 
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)

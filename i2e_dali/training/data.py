@@ -1,0 +1,86 @@
+"""The trainer's data: ``--dataset`` kind -> (train loader, val loader).
+
+The one place where the trainer's flags become the loaders' explicit keyword arguments; everything in
+``i2e_dali.data`` below takes keywords only and never sees an argparse namespace.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from ..errors import TrainError
+from .runtime import Runtime
+
+__all__ = ["build_loaders"]
+
+
+def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = True):
+    """(train_loader or None, val_loader) for ``args.dataset``; errors name the flag and the folder."""
+    device = str(rt.device)
+    if args.dataset == "i2e-npz":
+        from ..data.frame_loader import FrameLoader
+        from ..data.npz import open_npz_splits
+
+        _check_data_dir(args.data)
+        train_set, val_set = open_npz_splits(args.data, timesteps=args.timesteps, size=args.size)
+        common = dict(device=device, seed=args.seed, num_workers=args.workers)
+        train = FrameLoader(train_set, args.batch_size, train=True, **common) if need_train else None
+        return train, FrameLoader(val_set, args.batch_size, train=False, **common)
+    if args.dataset == "cifar10-dvs":
+        from ..data.dvs import open_dvs_splits
+        from ..data.frame_loader import FrameLoader
+
+        _check_data_dir(args.data)
+        train_set, val_set = open_dvs_splits(
+            args.data, timesteps=args.timesteps, cache_dir=args.cache_dir, val_fraction=args.val_fraction,
+            seed=args.seed, split=args.dvs_split, polarity=args.dvs_polarity, binarize=args.dvs_binarize,
+            workers=args.workers, progress=args.progress)
+        common = dict(device=device, seed=args.seed, num_workers=args.workers)
+        train = (FrameLoader(train_set, args.batch_size, train=True, flip=args.dvs_flip, **common)
+                 if need_train else None)
+        return train, FrameLoader(val_set, args.batch_size, train=False, flip=False, **common)
+
+    from ..data.event_loader import EventLoader
+    from ..data.sources import open_source
+
+    if args.dataset == "demo":
+        from ..data.demo import ensure_demo_dataset
+
+        root, kind = str(ensure_demo_dataset(args.demo_dir, progress=rt.is_main and args.progress)), "imagenet"
+    else:
+        _check_data_dir(args.data)
+        root, kind = args.data, args.dataset
+    common = dict(
+        ratio=args.ratio,
+        timesteps=args.timesteps,
+        order=args.order,
+        per_sample=not args.batch_motions,
+        dtype=torch.float32,
+        device=device,
+        seed=args.seed,
+        num_threads=args.workers,
+        **_size_kwargs(args.size, kind),
+    )
+    val = EventLoader(open_source(root, "val", kind), args.batch_size, train=False, **common)
+    train = EventLoader(open_source(root, "train", kind), args.batch_size, train=True, **common) if need_train else None
+    return train, val
+
+
+def _size_kwargs(size: int | None, kind: str) -> dict:
+    # ImageNet view: train crop = size, eval = resize to size*256/224 then centre crop size (the
+    # paper's 256/224); CIFAR: size is the resize target of the 32x32 images.
+    if size is None:
+        return {}
+    if kind == "imagenet":
+        return dict(crop_size=size, resize_size=max(size, round(size * 256 / 224)))
+    return dict(out_size=size)
+
+
+def _check_data_dir(path) -> None:
+    p = Path(path).expanduser()
+    if not p.exists():
+        raise TrainError(f"--data {p} does not exist")
+    if p.is_dir() and not any(p.iterdir()):
+        raise TrainError(f"--data {p} is an empty folder")
