@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from i2e_dali.check import check_folder
-from i2e_dali.datasets import (
+from i2e_dali.tools.check import check_folder
+from i2e_dali.data.sources import (
     CifarSource,
     DatasetError,
     ImageFolderSource,
@@ -16,7 +16,7 @@ from i2e_dali.datasets import (
     UndecodableImageError,
     open_source,
 )
-from i2e_dali.loader import EventLoader
+from i2e_dali.data.event_loader import EventLoader
 from loader_data import make_folder, smooth_image, write_cifar
 from pipelines.folder import FolderPipelineConfig, build_folder_pipeline
 

@@ -10,8 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from i2e_dali import bench
-from i2e_dali.corpus import CorpusConfig, CorpusError, encode_near, generate_corpus, load_sources, make_image
+import torch
+
+from i2e_dali.tools import bench
+from i2e_dali.tools.bench.common import default_json_path
+from i2e_dali.tools.bench.corpus import CorpusConfig, CorpusError, encode_near, generate_corpus, load_sources, make_image
 
 
 def _run(capsys, argv):
@@ -180,14 +183,14 @@ def test_train_mode(capsys, tmp_path, corpus):
 def test_bad_settings_are_reported(capsys, tmp_path):
     assert bench.main(["loader", "--quick", "--device", "cpu", "--data", str(tmp_path / "none")]) == 2
     assert "expected" in capsys.readouterr().err
-    if not bench.torch.cuda.is_available():
+    if not torch.cuda.is_available():
         assert bench.main(["convert", "--quick", "--device", "cuda"]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
 
 
 def test_default_json_path_names_device_date_mode():
     env = {"device": "NVIDIA H100 80GB HBM3", "date": "2026-11-23T10:00:00+00:00"}
-    assert bench.default_json_path(env, "convert") == Path("benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-23-convert.json")
+    assert default_json_path(env, "convert") == Path("benchmarks/results/nvidia-h100-80gb-hbm3-2026-11-23-convert.json")
 
 
 def test_convert_mode_with_reused_output_buffer(capsys, tmp_path):

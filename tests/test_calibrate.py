@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from i2e_dali.calibrate import event_rate_at, find_ratio, load_sample, main
-from i2e_dali.datasets import CifarSource, open_source
+from i2e_dali.tools.calibrate import event_rate_at, find_ratio, load_sample, main
+from i2e_dali.data.sources import CifarSource, open_source
 
 W = 96
 S = 3

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from i2e_dali.check import check_folder, main
+from i2e_dali.tools.check import check_folder, main
 from loader_data import make_folder
 
 
@@ -66,7 +66,7 @@ def test_check_clean_folder_and_folder_problems(tmp_path, capsys):
 def test_check_module_entry_point(tmp_path):
     root = make_folder(tmp_path / "c", {"x": 1}, seed=0)
     (root / "x" / "broken.JPEG").write_bytes(b"\xff\xd8\xff\xe0garbage")
-    res = subprocess.run([sys.executable, "-m", "i2e_dali.check", str(root), "--quiet"], capture_output=True, text=True,
+    res = subprocess.run([sys.executable, "-m", "i2e_dali.tools.check", str(root), "--quiet"], capture_output=True, text=True,
                          timeout=120)
     assert res.returncode == 1, res.stderr
     assert "broken.JPEG" in res.stdout

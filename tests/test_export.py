@@ -18,10 +18,10 @@ import pytest
 import torch
 from PIL import Image
 
-from i2e_dali.datasets import CifarSource, ImageFolderSource
-from i2e_dali.export import PARTIAL_SUFFIX, ExportConfig, ExportError, export
-from i2e_dali.loader import EventLoader
-from i2e_dali.npz import NpzEventDataset, load_events, read_npz_info
+from i2e_dali.data.sources import CifarSource, ImageFolderSource
+from i2e_dali.tools.export import PARTIAL_SUFFIX, ExportConfig, ExportError, export
+from i2e_dali.data.event_loader import EventLoader
+from i2e_dali.data.npz import NpzEventDataset, load_events, read_npz_info
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -277,7 +277,7 @@ def test_unwritable_output_as_unprivileged_user(images):
         out.mkdir(mode=0o755)
         r = subprocess.run(
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", sys.executable, "-m",
-             "i2e_dali.export", "--data", str(base / "data"), "--out", str(out), "--no-progress"],
+             "i2e_dali.tools.export", "--data", str(base / "data"), "--out", str(out), "--no-progress"],
             capture_output=True, text=True, cwd=REPO, timeout=120,
             env={**os.environ, "HOME": base.as_posix(), "PYTHONDONTWRITEBYTECODE": "1"},
         )
@@ -295,7 +295,7 @@ def test_unwritable_output_as_unprivileged_user(images):
 def test_sigkill_at_a_random_point_then_resume_equals_fresh_export(tmp_path):
     data = make_images(tmp_path / "data", {"train": 1, "val": 14}, seed=3)
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "i2e_dali.export", "--data", str(data), "--out", str(out), "--split", "val",
+    cmd = [sys.executable, "-m", "i2e_dali.tools.export", "--data", str(data), "--out", str(out), "--split", "val",
            "--format", "sparse", "--batch-size", "2", "--workers", "2", "--dali-threads", "1", "--device", "cpu",
            "--no-progress"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from i2e_dali.i2e import i2e_convert
-from i2e_dali.npz import write_npz
-from i2e_dali.viz import contact_sheet, events_to_rgb, gif_to_events, main, write_gif
+from i2e_dali.convert import i2e_convert
+from i2e_dali.data.npz import write_npz
+from i2e_dali.tools.viz import contact_sheet, events_to_rgb, gif_to_events, main, write_gif
 
 
 def _random_events(seed, T=8, H=17, W=23, p=0.15):

@@ -1,6 +1,6 @@
 """Find the threshold ratio that gives a target mean event rate on a sample of a data set.
 
-``python -m i2e_dali.calibrate --data ROOT --target-rate 0.05`` (console script ``i2e-calibrate``).
+``python -m i2e_dali.tools.calibrate --data ROOT --target-rate 0.05`` (console script ``i2e-calibrate``).
 
 The paper picks its ratios this way (0.12 for ImageNet at 224x224 gives about 5 % of pixels firing).
 The event rate is the mean over timesteps, polarities, pixels and images of the evaluation-mode events
@@ -26,7 +26,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .i2e import i2e_convert, parse_order
+from ..convert import i2e_convert, parse_order
+from ..placement import DEFAULT_SEED
 
 __all__ = ["Calibration", "event_rate_at", "find_ratio", "load_sample", "main"]
 
@@ -125,7 +126,7 @@ def load_sample(
     count: int,
     *,
     view: str = "crop",
-    seed: int = 2024,
+    seed: int = DEFAULT_SEED,
     batch_size: int = 32,
     num_threads: int = 2,
     device: str | torch.device = "cpu",
@@ -135,7 +136,7 @@ def load_sample(
     Decoded once through the EventLoader (``convert=False``), so the bisection converts the same
     pixels many times without decoding again.
     """
-    from .loader import EventLoader
+    from ..data.event_loader import EventLoader
 
     n = len(source.samples)
     if n == 0:
@@ -165,7 +166,7 @@ def _parse_args(argv):
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--order", default=None, help="group order (default efghabcd)")
     p.add_argument("--tol", type=float, default=1e-4, help="bisection stops when the ratio is known to this")
-    p.add_argument("--seed", type=int, default=2024)
+    p.add_argument("--seed", type=int, default=DEFAULT_SEED)
     p.add_argument("--device", default="auto", help="where to run the conversion: auto, cpu, cuda")
     p.add_argument("--json", type=Path, default=None, help="also write the result as JSON here")
     p.add_argument("--no-progress", action="store_true")
@@ -174,8 +175,8 @@ def _parse_args(argv):
 
 def main(argv=None) -> int:
     args = _parse_args(argv)
-    from .datasets import open_source
-    from .placement import resolve_device
+    from ..data.sources import open_source
+    from ..placement import resolve_device
 
     try:
         order = parse_order(args.order, args.timesteps)
@@ -203,7 +204,7 @@ def main(argv=None) -> int:
     for t, (on, off) in enumerate(result.per_timestep):
         print(f"                          {t:2d}  {letters[order[t]]}      {on:.4f}  {off:.4f}  {(on + off) / 2:.4f}")
     if args.json:
-        from .fsio import atomic_write_text
+        from ..fsio import atomic_write_text
 
         payload = {**asdict(result), "data": str(args.data), "split": args.split, "dataset": args.dataset,
                    "view": view, "order": list(order)}

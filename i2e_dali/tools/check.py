@@ -6,7 +6,7 @@ what the loader would refuse without decoding (non-image files, zero-byte files,
 folders), then decodes every image with DALI's CPU decoder — the same decoder family the pipeline
 uses — and names each file that fails. Exit code 0 when everything is usable, 1 otherwise.
 
-    i2e-check /data/imagenet                # or: python -m i2e_dali.check /data/imagenet
+    i2e-check /data/imagenet                # or: python -m i2e_dali.tools.check /data/imagenet
     i2e-check /data/imagenet --list bad.txt # also write the bad paths, one per line
 """
 from __future__ import annotations
@@ -14,18 +14,16 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-from tqdm import tqdm
 
-from .fsio import atomic_write_text
-from .placement import usable_cores
-from .datasets import DatasetError, MissingDataError, dali_error_detail, scan_image_folder
+from ..fsio import atomic_write_text
+from ..placement import usable_cores
+from ..data.decode_check import decode_check
+from ..data.sources import DatasetError, MissingDataError, scan_image_folder
 
-__all__ = ["CheckReport", "check_folder", "decode_check", "main"]
+__all__ = ["CheckReport", "check_folder", "main"]
 
 
 @dataclass
@@ -39,79 +37,6 @@ class CheckReport:
     @property
     def ok(self) -> bool:
         return not (self.bad or self.empty_classes or self.problems)
-
-
-def _reason(exc: Exception) -> str:
-    return f"cannot be decoded (DALI: {dali_error_detail(str(exc)) or type(exc).__name__})"
-
-
-def _decoder(batch_size: int, num_threads: int):
-    from nvidia.dali import fn, pipeline_def, types
-
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=None,
-                  exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
-    def pipe():
-        enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
-        img = fn.decoders.image(enc, device="cpu", output_type=types.RGB)
-        # Keep the output tiny: we only need to know that decoding worked.
-        return img.shape()
-
-    p = pipe()
-    p.build()
-    return p
-
-
-def _read(path: str) -> np.ndarray | Exception:
-    try:
-        return np.fromfile(path, dtype=np.uint8)
-    except OSError as exc:
-        return exc
-
-
-def decode_check(files: list[str], *, num_threads: int = 2, batch_size: int = 32,
-                 progress: bool | None = None) -> list[tuple[str, str]]:
-    """Decode every file with DALI's CPU decoder; return ``(path, reason)`` for each failure.
-
-    Batches are decoded in parallel (``num_threads``); a failing batch is re-decoded one file at a time
-    (a DALI pipeline is unusable after an error, so it is rebuilt) to name the culprit(s).
-    """
-    bad: list[tuple[str, str]] = []
-    if not files:
-        return bad
-    batch_size = max(1, min(batch_size, len(files)))
-    pipe = _decoder(batch_size, num_threads)
-    single = None
-    chunks = [files[i:i + batch_size] for i in range(0, len(files), batch_size)]
-    bar = tqdm(total=len(files), desc="decoding", unit="img", disable=True if progress is False else None)
-    with ThreadPoolExecutor(max_workers=max(2, num_threads)) as pool:
-        pending = pool.map(lambda chunk: [_read(f) for f in chunk], chunks)  # reads run ahead of decoding
-        for chunk, datas in zip(chunks, pending):
-            todo = []
-            for f, d in zip(chunk, datas):
-                if isinstance(d, Exception):
-                    bad.append((f, f"cannot read: {d}"))
-                elif d.size == 0:
-                    bad.append((f, "empty (zero-byte) file"))
-                else:
-                    todo.append((f, d))
-            if todo:
-                try:
-                    pipe.feed_input("enc", [d for _, d in todo])
-                    pipe.run()
-                except Exception:  # noqa: BLE001 - DALI raises RuntimeError subclasses; find the file(s)
-                    pipe = _decoder(batch_size, num_threads)
-                    for f, d in todo:
-                        if single is None:
-                            single = _decoder(1, 1)
-                        try:
-                            single.feed_input("enc", [d])
-                            single.run()
-                        except Exception as exc:  # noqa: BLE001
-                            bad.append((f, _reason(exc)))
-                            single = None
-            bar.update(len(chunk))
-    bar.close()
-    return bad
 
 
 def _split_roots(root: Path) -> tuple[list[Path], list[str]]:

@@ -1,6 +1,6 @@
 """Export an image data set as an I2E event data set (the authors' npz formats, shared/I2E_SPEC.md).
 
-``python -m i2e_dali.export --data ROOT --out OUT --format dense|sparse`` (console script ``i2e-export``).
+``python -m i2e_dali.tools.export --data ROOT --out OUT --format dense|sparse`` (console script ``i2e-export``).
 
 Images go through the DALI pipeline (GPU when present) and the one conversion, in evaluation mode
 (canonical motions), with the authors' views: ImageNet val = resize 256 + centre crop 224, ImageNet
@@ -34,18 +34,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .fsio import atomic_write, atomic_write_text
-from .placement import usable_cores
-from .npz import META_NAME, NpzFormatError, read_npz_info, write_npz
+from ..fsio import atomic_write, atomic_write_text
+from ..placement import usable_cores
+from ..data.npz import META_NAME, NpzFormatError, read_npz_info, write_npz
+from ..errors import ExportError
 
 __all__ = ["ExportConfig", "ExportError", "ExportSummary", "export", "export_split", "plan_split", "main"]
 
 PARTIAL_SUFFIX = ".partial"  # temp files: ".<name>.npz.<random>.partial" (never match *.npz)
 DEFAULT_VIEWS = {"train": "resize", "val": "crop"}
-
-
-class ExportError(RuntimeError):
-    """The export cannot go on; the message says which file/folder and what to do."""
 
 
 @dataclass
@@ -130,7 +127,7 @@ def _check_paths(data: Path, out: Path) -> None:
 
 
 def _source_for(cfg: ExportConfig, split: str):
-    from .datasets import open_source
+    from ..data.sources import open_source
 
     return open_source(cfg.data, split, cfg.dataset)
 
@@ -170,7 +167,7 @@ def _complete(path: Path, fmt: str, frame_shape: tuple[int, int, int] | None, ve
         if info.format != fmt or (frame_shape is not None and info.frame_shape != tuple(frame_shape)):
             return False
         if verify:
-            from .npz import load_events
+            from ..data.npz import load_events
 
             load_events(path)
     except NpzFormatError:
@@ -226,7 +223,7 @@ def _view_for(cfg: ExportConfig, split: str) -> str:
 
 def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> ExportSummary:
     """Export one split; ``opener`` (default ``open``) is the file-opening hook the writer uses."""
-    from .loader import EventLoader
+    from ..data.event_loader import EventLoader
 
     started = time.perf_counter()
     source = _source_for(cfg, split)

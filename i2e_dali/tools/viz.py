@@ -1,6 +1,6 @@
 """Look at event streams: animated GIF (the authors' colours), a PNG contact sheet, and the GIF decoder.
 
-``python -m i2e_dali.viz IMAGE_OR_NPZ --out x.gif`` (console script ``i2e-viz``).
+``python -m i2e_dali.tools.viz IMAGE_OR_NPZ --out x.gif`` (console script ``i2e-viz``).
 
 Colours (the authors' convention, so our GIFs compare with their published ``*_es.gif``):
 ON = red (255, 0, 0), OFF = blue (0, 0, 255), no event = white. A pixel with both polarities in one
@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from PIL import GifImagePlugin, Image, ImageDraw, ImageFont, ImageSequence
 
-from .fsio import atomic_write
-from .i2e import DEFAULT_ORDER, GROUP_LETTERS, MOTION_GROUPS, i2e_convert, parse_order
+from ..fsio import atomic_write
+from ..convert import DEFAULT_ORDER, GROUP_LETTERS, MOTION_GROUPS, i2e_convert, parse_order
 
 __all__ = [
     "PALETTE",
@@ -215,7 +215,7 @@ def run(args) -> tuple[Path, Path | None, np.ndarray]:
     image = None
     order = parse_order(args.order, args.timesteps or 8) if args.order else None
     if src.suffix.lower() == ".npz":
-        from .npz import load_events
+        from ..data.npz import load_events
 
         shape = None
         if args.size is not None:

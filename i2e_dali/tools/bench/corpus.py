@@ -14,7 +14,7 @@ and the work spreads over processes. Atomic: each file is written to a temporary
 ``corpus.json`` (settings and measured statistics) is written last, so a folder without it is
 incomplete, and running again with the same settings finishes it.
 
-CLI: ``python -m i2e_dali.bench corpus --out DIR --images N`` (see :mod:`i2e_dali.bench`).
+CLI: ``python -m i2e_dali.bench corpus --out DIR --images N`` (see :mod:`i2e_dali.tools.bench`).
 """
 from __future__ import annotations
 
@@ -30,8 +30,9 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps
 from tqdm import tqdm
 
-from .fsio import atomic_write, atomic_write_text
-from .placement import usable_cores
+from ...fsio import atomic_write, atomic_write_text
+from ...placement import DEFAULT_SEED, usable_cores
+from ...errors import CorpusError
 
 __all__ = ["CorpusConfig", "CorpusError", "default_samples_dir", "describe", "generate_corpus", "make_image", "load_sources"]
 
@@ -40,18 +41,12 @@ MANIFEST = "corpus.json"
 # (mostly 500x375 / 500x333), some square and portrait, like the real set.
 _ASPECTS = ((4, 3), (4, 3), (4, 3), (4, 3), (4, 3), (3, 2), (3, 2), (1, 1), (3, 4), (2, 3))
 
-
-class CorpusError(ValueError):
-    """Bad corpus settings or sources (a ValueError: the CLI prints it in one line)."""
-
-
 def default_samples_dir() -> Path:
     """``$I2E_OFFICIAL_SAMPLES``, else ``<repo>/../shared/data/official-samples``."""
     env = os.environ.get("I2E_OFFICIAL_SAMPLES")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / "shared" / "data" / "official-samples"
-
+    return Path(__file__).resolve().parents[4] / "shared" / "data" / "official-samples"
 
 @dataclass
 class CorpusConfig:
@@ -60,7 +55,7 @@ class CorpusConfig:
     val_images: int | None = None  # None: a tenth of ``images`` (at least one per class)
     classes: int = 100  # class folders (ImageNet has 1000)
     samples: Path = field(default_factory=default_samples_dir)
-    seed: int = 2024
+    seed: int = DEFAULT_SEED
     long_side: int = 500  # mean long side in pixels
     file_kb: float = 110.0  # mean JPEG file size (ImageNet train: ~110 KB)
     workers: int | None = None  # processes; None = all cores
@@ -92,11 +87,9 @@ class CorpusConfig:
         d["samples"] = str(self.samples)
         return d
 
-
 def class_names(count: int) -> list[str]:
     """WordNet-id-like folder names, n00000000 ... (sorted order = label order)."""
     return [f"n{index:08d}" for index in range(count)]
-
 
 def load_sources(folder: Path) -> list[np.ndarray]:
     """The official samples (``*_rgb.jpg``) as RGB uint8 arrays; clear error if the folder is absent."""
@@ -120,14 +113,12 @@ def load_sources(folder: Path) -> list[np.ndarray]:
             raise CorpusError(f"cannot read source image {path}: {exc}") from exc
     return sources
 
-
 def _output_size(rng: np.random.Generator, long_side: int) -> tuple[int, int]:
     aw, ah = _ASPECTS[rng.integers(len(_ASPECTS))]
     side = int(np.clip(rng.normal(long_side, 0.12 * long_side), 0.6 * long_side, 1.6 * long_side))
     if aw >= ah:
         return side, max(16, round(side * ah / aw))
     return max(16, round(side * aw / ah)), side
-
 
 def _crop_piece(rng, source: np.ndarray, width: int, height: int) -> Image.Image:
     """A width x height piece of ``source`` at a random scale of 0.5-1x (downsampling adds detail per pixel), flipped and jittered."""
@@ -143,19 +134,16 @@ def _crop_piece(rng, source: np.ndarray, width: int, height: int) -> Image.Image
     piece = ImageEnhance.Contrast(piece).enhance(float(rng.uniform(0.8, 1.25)))
     return ImageEnhance.Color(piece).enhance(float(rng.uniform(0.7, 1.3)))
 
-
 def _target_bytes(rng: np.random.Generator, mean_kb: float) -> int:
     """A file size drawn around ``mean_kb`` (log-normal, sigma 0.35, like ImageNet's spread)."""
     sigma = 0.35
     median = mean_kb * 1e3 / math.exp(sigma**2 / 2)
     return int(np.clip(rng.lognormal(math.log(median), sigma), 0.3 * mean_kb * 1e3, 3.0 * mean_kb * 1e3))
 
-
 def _encode(image: Image.Image, quality: int) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format="JPEG", quality=quality)
     return buffer.getvalue()
-
 
 def encode_near(image: Image.Image, target: int, low: int = 70, high: int = 98) -> bytes:
     """JPEG bytes at the quality in [low, high] whose file size is closest to ``target``: size grows
@@ -175,7 +163,6 @@ def encode_near(image: Image.Image, target: int, low: int = 70, high: int = 98) 
         return below
     above = _encode(image, q_below + 1)
     return above if len(above) - target < target - len(below) else below
-
 
 def make_image(sources: list[np.ndarray], rng: np.random.Generator, long_side: int = 500) -> Image.Image:
     """One corpus image: a mosaic of real crops (cells of 100-220 px), sharpened, with grain."""
@@ -198,19 +185,15 @@ def make_image(sources: list[np.ndarray], rng: np.random.Generator, long_side: i
     pixels += rng.normal(0.0, float(rng.uniform(3.0, 6.0)), size=pixels.shape).astype(np.float32)
     return Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8))
 
-
 # Per-process state for the pool: the decoded sources, loaded once per worker.
 _WORKER_SOURCES: list[np.ndarray] | None = None
-
 
 def _init_worker(folder: str) -> None:
     global _WORKER_SOURCES  # pool initialiser: the one way to hand big read-only data to workers once
     _WORKER_SOURCES = load_sources(Path(folder))
 
-
 def _job_seed(seed: int, split: str, index: int) -> list[int]:
     return [seed, 0 if split == "train" else 1, index]
-
 
 def _make_one(job: tuple[str, int, str, int, int, float]) -> tuple[int, int, int]:
     path, seed, split, index, long_side, file_kb = job
@@ -224,7 +207,6 @@ def _make_one(job: tuple[str, int, str, int, int, float]) -> tuple[int, int, int
     atomic_write(path, lambda f: f.write(data))
     return image.width, image.height, len(data)
 
-
 def _plan(cfg: CorpusConfig) -> list[tuple[str, int, str, int, int, float]]:
     names = class_names(cfg.classes)
     jobs = []
@@ -234,7 +216,6 @@ def _plan(cfg: CorpusConfig) -> list[tuple[str, int, str, int, int, float]]:
             path = cfg.out / split / cls / f"{split}_{index:08d}.JPEG"
             jobs.append((str(path), cfg.seed, split, index, cfg.long_side, cfg.file_kb))
     return jobs
-
 
 def generate_corpus(cfg: CorpusConfig) -> dict:
     """Write the corpus (resuming an unfinished one with the same settings); returns the manifest."""
@@ -282,7 +263,6 @@ def generate_corpus(cfg: CorpusConfig) -> dict:
     }
     atomic_write_text(manifest_path, json.dumps(manifest, indent=2))
     return manifest
-
 
 def describe(manifest: dict) -> str:
     kb, w, h = manifest["file_kb"], manifest["width"], manifest["height"]
