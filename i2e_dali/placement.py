@@ -1,4 +1,5 @@
-"""Where work runs: the device a loader/benchmark uses and the data shard a rank reads.
+"""Where work runs: the device a loader/benchmark uses, the data shard a rank reads, the cores a
+process may use, and the default seed every random stream starts from.
 
 One home for these rules, shared by the live EventLoader, the FrameLoader, the benchmark and the
 calibrator, so "auto" and the torch.distributed defaults mean the same everywhere.
@@ -9,7 +10,9 @@ import os
 
 import torch
 
-__all__ = ["resolve_device", "default_shard", "usable_cores", "cores_per_rank"]
+from pipelines import DEFAULT_SEED  # the one home of the default seed
+
+__all__ = ["DEFAULT_SEED", "resolve_device", "default_shard", "usable_cores", "cores_per_rank"]
 
 
 def usable_cores() -> int:

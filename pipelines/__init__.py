@@ -1,6 +1,10 @@
 """DALI graphs only (no torch): read, shard, decode, augment; uint8 out."""
 from __future__ import annotations
 
+# The paper's seed (shared/DESIGN.md): the one default of every seed argument and flag of the project
+# (re-exported as i2e_dali.placement.DEFAULT_SEED). It lives here because pipelines/ is the lowest layer.
+DEFAULT_SEED = 2024
+
 
 def shard_bounds(num_samples: int, shard_id: int, num_shards: int) -> tuple[int, int]:
     """[begin, end) of a contiguous shard, split the way DALI's readers split a data set: shard sizes

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from . import pipeline_options, shard_bounds
+from . import DEFAULT_SEED, pipeline_options, shard_bounds
 
 __all__ = ["CifarPipelineConfig", "CifarFeed", "build_cifar_pipeline", "shard_bounds"]
 
@@ -33,7 +33,7 @@ class CifarPipelineConfig:
     pad: int = 4
     device_id: int | None = None
     num_threads: int = 2
-    seed: int = 2024
+    seed: int = DEFAULT_SEED
     shard_id: int = 0
     num_shards: int = 1
     prefetch_queue_depth: int = 2
@@ -62,7 +62,7 @@ class CifarFeed:
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, *, train: bool, shard_id: int = 0,
-                 num_shards: int = 1, seed: int = 2024):
+                 num_shards: int = 1, seed: int = DEFAULT_SEED):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
         self.images = images

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from . import pipeline_options
+from . import DEFAULT_SEED, pipeline_options
 
 __all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "READER_NAME", "build_folder_pipeline"]
 
@@ -48,7 +48,7 @@ class FolderPipelineConfig:
     eval_view: str = "crop"
     device_id: int | None = None
     num_threads: int = 4
-    seed: int = 2024
+    seed: int = DEFAULT_SEED
     shard_id: int = 0
     num_shards: int = 1
     shuffle: bool | None = None  # None: shuffle when training
