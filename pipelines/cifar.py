@@ -38,6 +38,8 @@ class CifarPipelineConfig:
     num_shards: int = 1
     prefetch_queue_depth: int = 2
     enable_checkpointing: bool = True
+    # With a device_id: True augments on the CPU and moves only the finished batch to the GPU (``.gpu()``).
+    cpu_ops: bool = False
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -97,7 +99,7 @@ class CifarFeed:
 
 @pipeline_def
 def _cifar_graph(feed: CifarFeed, cfg: CifarPipelineConfig):
-    gpu = cfg.device_id is not None
+    gpu = cfg.device_id is not None and not cfg.cpu_ops
     images, ids = fn.external_source(
         source=feed, num_outputs=2, batch=True, batch_info=True, layout=["HWC", ""],
         dtype=[types.UINT8, types.INT64],
@@ -118,6 +120,8 @@ def _cifar_graph(feed: CifarFeed, cfg: CifarPipelineConfig):
         images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
     cmn_kw = {"mirror": mirror} if mirror is not None else {}
     images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW", **cmn_kw)
+    if cfg.device_id is not None and not gpu:
+        images, ids = images.gpu(), ids.gpu()  # CPU ops for a GPU consumer: DALI moves the batch
     return images, ids
 
 

@@ -62,6 +62,12 @@ class FolderPipelineConfig:
     host_memory_padding: int = 140_544_512
     dont_use_mmap: bool = False  # True helps on network file systems
     enable_checkpointing: bool = True
+    # With a device_id: True decodes and augments on the CPU and moves only the finished uint8 batch to
+    # the GPU (``.gpu()``: DALI's pinned staging + its own stream, so CPU decoding overlaps training).
+    cpu_ops: bool = False
+    # The mixed decoder's chroma upsampling the way libjpeg-turbo (DALI's CPU decoder, PIL) does it, so
+    # GPU- and CPU-decoded pixels agree on ordinary 4:2:0 JPEGs (DALI's default is False).
+    jpeg_fancy_upsampling: bool = True
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -84,7 +90,7 @@ class FolderPipelineConfig:
 
 @pipeline_def
 def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPipelineConfig):
-    gpu = cfg.device_id is not None
+    gpu = cfg.device_id is not None and not cfg.cpu_ops  # GPU decode + GPU operators
     shuffle = cfg.train if cfg.shuffle is None else cfg.shuffle
     encoded, ids = fn.readers.file(
         files=list(files),
@@ -108,6 +114,7 @@ def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPi
             preallocate_height_hint=cfg.preallocate_height_hint,
             device_memory_padding=cfg.device_memory_padding,
             host_memory_padding=cfg.host_memory_padding,
+            jpeg_fancy_upsampling=cfg.jpeg_fancy_upsampling,
         )
     size = cfg.crop_size
     if cfg.train:
@@ -133,7 +140,9 @@ def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPi
         else:
             images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
             images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW")
-    if gpu:
+    if cfg.device_id is not None:
+        if not gpu:
+            images = images.gpu()  # CPU decode for a GPU consumer: DALI moves the batch, not torch
         ids = ids.gpu()  # labels travel with the images, so torch gets both on the device
     return images, ids
 

@@ -117,8 +117,11 @@ def _minmax_kernel(
     IS_U8: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
-    b = tl.program_id(0)  # batch on grid axis 0 (limit 2**31 - 1; axis 1 stops at 65535)
-    chunk = tl.program_id(1)
+    # One flat grid axis, image-major (axis 0 allows 2**31 - 1 programs; axes 1 and 2 stop at 65,535,
+    # which tiles of a large image would pass): any image i2e_convert accepts launches.
+    pid = tl.program_id(0)
+    b = pid // n_chunks
+    chunk = pid - b * n_chunks
     idx = chunk * BLOCK + tl.arange(0, BLOCK)
     # Clamping the tail onto the last pixel keeps every load in bounds without a mask and cannot change
     # a min or a max (it only repeats a pixel).
@@ -131,7 +134,9 @@ def _minmax_kernel(
     g = tl.load(base + stride_c + off)
     bl = tl.load(base + 2 * stride_c + off)
     if IS_U8:
-        v = tl.maximum(tl.maximum(r, g), bl)  # max on bytes; the host scales the two extremes
+        # max on bytes, reduced as int32 (exact; no 8-bit reduction whose signedness a backend could
+        # get wrong); the host scales the two extremes
+        v = tl.maximum(tl.maximum(r, g), bl).to(tl.int32)
     else:
         v = tl.maximum(tl.maximum(r.to(tl.float32), g.to(tl.float32)), bl.to(tl.float32))
     slot = b.to(tl.int64) * n_chunks + chunk
@@ -190,8 +195,10 @@ def _convert_kernel(
     BLOCK_H: tl.constexpr,
     BLOCK_W: tl.constexpr,
 ):
-    b = tl.program_id(0)  # batch on grid axis 0 (limit 2**31 - 1; axis 1 stops at 65535)
-    tile = tl.program_id(1)
+    pid = tl.program_id(0)  # one flat grid axis, image-major (see _minmax_kernel)
+    n_tiles = ((H + BLOCK_H - 1) // BLOCK_H) * tiles_w  # (not tl.cdiv: a @jit helper, see _ELEMENTWISE_MIN)
+    b = pid // n_tiles
+    tile = pid - b * n_tiles
     b64 = b.to(tl.int64)
     tile_h = tile // tiles_w
     tile_w = tile - tile_h * tiles_w
@@ -246,6 +253,18 @@ def _convert_kernel(
 # --------------------------------------------------------------------------------------------------
 # host side
 # --------------------------------------------------------------------------------------------------
+_MAX_GRID_X = 2**31 - 1  # CUDA's limit on grid axis 0
+
+
+def flat_grid(batch: int, programs_per_image: int) -> tuple[int]:
+    """The launch grid of both kernels: ``batch x programs_per_image`` programs on axis 0."""
+    programs = int(batch) * int(programs_per_image)
+    if programs > _MAX_GRID_X:
+        raise ValueError(f"{programs} programs ({batch} images x {programs_per_image}) pass CUDA's grid limit "
+                         f"{_MAX_GRID_X}; convert the batch in smaller parts")
+    return (programs,)
+
+
 def _next_pow2(n: int) -> int:
     return 1 << max(0, int(n) - 1).bit_length()
 
@@ -285,7 +304,7 @@ def fused_threshold(images: torch.Tensor, ratio: float) -> torch.Tensor:
     pmin = torch.empty((batch, n_chunks), dtype=torch.float32, device=images.device)
     pmax = torch.empty_like(pmin)
     is_u8 = images.dtype == torch.uint8
-    _minmax_kernel[(batch, n_chunks)](
+    _minmax_kernel[flat_grid(batch, n_chunks)](
         images, pmin, pmax, height, width, *images.stride(), n_chunks,
         IS_U8=is_u8, BLOCK=_MINMAX_BLOCK, num_warps=8, enable_fp_fusion=False,
     )
@@ -348,7 +367,7 @@ def _launch(images, ratio, order, motions, dtype, config, out=None) -> torch.Ten
     thr = fused_threshold(images, ratio)
     block_h, block_w = tile_shape(height, width, config.tile_pixels)
     tiles_w = triton.cdiv(width, block_w)
-    grid = (batch, triton.cdiv(height, block_h) * tiles_w)
+    grid = flat_grid(batch, triton.cdiv(height, block_h) * tiles_w)
     order_code = sum(g << (3 * t) for t, g in enumerate(order))
     _convert_kernel[grid](
         images, thr, motions, out,

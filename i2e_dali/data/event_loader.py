@@ -38,9 +38,13 @@ from pipelines import shard_bounds
 from ..convert import i2e_convert, parse_order
 from ..placement import DEFAULT_SEED, cores_per_rank, default_shard, resolve_device
 
-__all__ = ["EventLoader"]
+__all__ = ["EventLoader", "is_dali_data_error"]
 
 _STATE_VERSION = 1
+# No batch is imported while the iterator is built (DALI's default prepare_first_batch=True would run
+# the first hand-off at construction, on whatever stream is current then): every hand-off happens at
+# next(), on the stream current at that call, as the stream contract above says.
+_ITERATOR_OPTIONS = {"prepare_first_batch": False}
 
 
 def _default_threads(gpu: bool) -> int:
@@ -56,8 +60,36 @@ _PATH_PATTERNS = (
     re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
 )
 _AUTO_CHECK_LIMIT = 2000  # name the undecodable file(s) by re-decoding a shard up to this size
-_DALI_DATA_ERRORS = ("failed to decode", "nvimagecodec", "file mapping", "open file", "could not decode",
-                     "decoder", "premature end", "invalid marker")
+# Phrases of errors about the data itself. nvImageCodec reports statuses by number (nvimgcodec.h):
+# 3/13 bad code stream, 4/14 code stream unsupported, 19 incomplete bit stream are the file's fault;
+# the others (allocator, execution, arch mismatch, internal, CUDA call errors) are the machine's.
+_DALI_DATA_PHRASES = ("failed to decode sample", "premature end", "invalid marker", "not a jpeg",
+                      "file mapping failed", "failed to open file", "could not open file",
+                      "nvjpeg_status_bad_jpeg", "nvjpeg_status_jpeg_not_supported")
+_NVIMGCODEC_DATA_STATUS = {3, 4, 13, 14, 19}
+_NVIMGCODEC_STATUS = re.compile(r"nvimagecodec failure: '#(\d+)'")
+# CUDA / driver / nvJPEG infrastructure failures: never a bad image, even when the decoder reports them.
+_INFRA_PHRASES = ("cuda", "driver", "out of memory", "illegal memory", "illegal address", "launch failure",
+                  "nvjpeg_status_execution_failed", "nvjpeg_status_internal_error",
+                  "nvjpeg_status_allocator_failure", "nvjpeg_status_arch_mismatch", "ecc error")
+
+
+def is_dali_data_error(message: str) -> bool:
+    """True when a DALI error is about a sample (unreadable or undecodable file), False when it is a
+    CUDA, driver or decoder-infrastructure failure (those pass through unchanged: a culprit search over
+    the data set would only hide them). Only the part after DALI's "encountered:" is read, with the
+    sample paths removed, so an operator traceback or a folder named "cuda" cannot misclassify it."""
+    text = str(message)
+    low = text.lower()
+    detail = low.split("encountered:", 1)[1] if "encountered:" in low else low
+    for pat in _PATH_PATTERNS:
+        detail = pat.sub(" ", detail)
+    if any(k in detail for k in _INFRA_PHRASES):
+        return False
+    codes = {int(c) for c in _NVIMGCODEC_STATUS.findall(detail)}
+    if codes:
+        return codes <= _NVIMGCODEC_DATA_STATUS
+    return any(k in low for k in _DALI_DATA_PHRASES)
 
 
 class EventLoader(LoaderBase):
@@ -195,7 +227,9 @@ class EventLoader(LoaderBase):
     # building the DALI side
     # ----------------------------------------------------------------------------------------------
     def _device_id(self) -> int | None:
-        return self.device.index if self.decode == "gpu" else None
+        # A CUDA consumer always gets a GPU pipeline; decode="cpu" keeps its operators on the CPU
+        # (cpu_ops) and DALI moves the finished batch with .gpu(), overlapping the copy with training.
+        return self.device.index if self.device.type == "cuda" else None
 
     def _build(self, checkpoint: str | None) -> None:
         from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
@@ -221,13 +255,14 @@ class EventLoader(LoaderBase):
                 resize_size=self.resize_size, eval_view=self.eval_view, device_id=self._device_id(),
                 num_threads=self.num_threads, seed=self.seed, shard_id=shard_id, num_shards=num_shards,
                 prefetch_queue_depth=self.prefetch_queue_depth, hw_decoder_load=self.hw_decoder_load,
+                cpu_ops=self.decode == "cpu",
             )
             self._apply_options(cfg)
             pipe = build_folder_pipeline([files[i] for i in order], [int(i) for i in order], cfg, checkpoint)
             make = lambda: DALIGenericIterator(  # noqa: E731
                 pipe, ["images", "ids"], reader_name=READER_NAME,
                 last_batch_policy=LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL,
-                auto_reset=False,
+                auto_reset=False, **_ITERATOR_OPTIONS,
             )
         else:
             from pipelines.cifar import CifarFeed, CifarPipelineConfig, build_cifar_pipeline
@@ -238,12 +273,13 @@ class EventLoader(LoaderBase):
                 train=self.train, batch_size=self.batch_size, out_size=self.out_size,
                 device_id=self._device_id(), num_threads=self.num_threads, seed=self.seed,
                 shard_id=self.shard_id, num_shards=self.num_shards,
-                prefetch_queue_depth=self.prefetch_queue_depth,
+                prefetch_queue_depth=self.prefetch_queue_depth, cpu_ops=self.decode == "cpu",
             )
             self._apply_options(cfg)
             pipe = build_cifar_pipeline(feed, cfg, checkpoint)
             # No reader: the feed ends each epoch with StopIteration and sizes the last batch itself.
-            make = lambda: DALIGenericIterator(pipe, ["images", "ids"], auto_reset=False)  # noqa: E731
+            make = lambda: DALIGenericIterator(pipe, ["images", "ids"], auto_reset=False,  # noqa: E731
+                                               **_ITERATOR_OPTIONS)
         self._iterator = self._dali_call(make)
         self._pipe = pipe
 
@@ -268,8 +304,8 @@ class EventLoader(LoaderBase):
                     f"DALI ran out of memory (batch_size={self.batch_size}, prefetch_queue_depth="
                     f"{self.prefetch_queue_depth}); lower the batch size or the prefetch depth.\n{msg}"
                 ) from exc
-            if not any(k in low for k in _DALI_DATA_ERRORS):
-                raise
+            if not is_dali_data_error(msg):
+                raise  # CUDA / driver / infrastructure failures are not the data's fault
             raise self._data_error(msg) from exc
 
     def _data_error(self, msg: str) -> UndecodableImageError:

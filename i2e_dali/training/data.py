@@ -11,9 +11,17 @@ from pathlib import Path
 import torch
 
 from ..errors import TrainError
-from .runtime import Runtime
+from .runtime import Runtime, resolve_amp
 
-__all__ = ["build_loaders"]
+__all__ = ["build_loaders", "events_dtype"]
+
+
+def events_dtype(amp: str, device: torch.device) -> torch.dtype:
+    """The dtype the event loaders emit: the step's autocast dtype (events are 0/1, exact in bf16 and
+    fp16; a float32 batch would be twice the size and be cast again by the first conv), float32 without
+    AMP. Follows the trainer's AMP rule, :func:`i2e_dali.training.runtime.resolve_amp`."""
+    amp_dtype, _ = resolve_amp(amp, device)
+    return amp_dtype or torch.float32
 
 
 def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = True):
@@ -57,7 +65,7 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
         timesteps=args.timesteps,
         order=args.order,
         per_sample=not args.batch_motions,
-        dtype=torch.float32,
+        dtype=events_dtype(getattr(args, "amp", "off"), rt.device),
         device=device,
         seed=args.seed,
         num_threads=args.workers,

@@ -95,7 +95,8 @@ def evaluate(
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
-    sums = torch.zeros(4, dtype=torch.float64, device=device)  # correct1, correct5, loss, count
+    sums = torch.zeros(3, dtype=torch.float64, device=device)  # correct1, correct5, loss
+    count = 0  # counted on the host: no host->device copy per validation step
     total = len(loader) if hasattr(loader, "__len__") else None
     try:
         for events, labels in tqdm(loader, total=total, desc=desc, disable=not progress, leave=False,
@@ -115,10 +116,11 @@ def evaluate(
                 hits[:, 0].sum().double(),
                 hits.any(dim=1).sum().double(),
                 F.cross_entropy(logits, labels, reduction="sum").double(),
-                torch.tensor(labels.numel(), dtype=torch.float64, device=labels.device),
             ]).to(device)
+            count += labels.numel()
     finally:
         net.train(was_training)
+    sums = torch.cat([sums, sums.new_full((1,), float(count))])  # one fill kernel, once
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(sums)
     c1, c5, loss, n = sums.tolist()

@@ -1,6 +1,7 @@
 """``i2e-bench convert``: the fused Triton kernel vs the torch path vs the conv baseline, on the same input."""
 from __future__ import annotations
 
+import contextlib
 import statistics
 
 import torch
@@ -16,6 +17,16 @@ def _conv_baseline():
         raise BenchError(f"the conv baseline (i2e_dali.baseline.conv_i2e) is not importable: {exc}") from exc
     return conv_i2e
 
+def exact_conv(device: torch.device):
+    """Context for the conv baseline's correctness check: cuDNN in full fp32 (no TF32), deterministic
+    algorithms, no autotuning. With TF32 (cuDNN's default for convolutions) or Winograd/FFT algorithms
+    the baseline rounds differently and pixels sitting on the threshold flip; that is the baseline's
+    arithmetic, not a bug, so it is counted (``mismatched_events``) rather than fatal."""
+    if device.type != "cuda":
+        return contextlib.nullcontext()
+    return torch.backends.cudnn.flags(enabled=True, benchmark=False, deterministic=True, allow_tf32=False)
+
+
 def _fused_usable(device: torch.device) -> str | None:
     """None if the fused kernel can run here, else why not."""
     if device.type != "cuda":
@@ -25,6 +36,12 @@ def _fused_usable(device: torch.device) -> str | None:
     except ImportError as exc:
         return f"triton not importable: {exc}"
     return None
+
+def _mismatches(out: torch.Tensor, reference: torch.Tensor) -> int:
+    if out.shape != reference.shape:
+        return max(out.numel(), reference.numel())
+    return int((out != reference).sum())
+
 
 def run_convert(args) -> dict:
     device = resolve_device(args.device)
@@ -82,8 +99,9 @@ def run_convert(args) -> dict:
                             row = (draw_motions(1, train=True, generator=run_gen) if train else None)
                             calls[impl] = (lambda row=row: conv_i2e(images, timesteps=timesteps, order=order,
                                                                     motions=row, dtype=dtype))
-                            outputs[impl] = conv_i2e(images, timesteps=timesteps, order=order,
-                                                     motions=conv_motions, dtype=dtype)
+                            with exact_conv(device):
+                                outputs[impl] = conv_i2e(images, timesteps=timesteps, order=order,
+                                                         motions=conv_motions, dtype=dtype)
                         elif impl.startswith("fused["):
                             from ...convert.triton_path import convert_fused
 
@@ -106,16 +124,19 @@ def run_convert(args) -> dict:
                             outputs[impl] = i2e_convert(images, timesteps=timesteps, order=order, motions=motions,
                                                         dtype=dtype, impl=kind, validate=False)
                     reference = outputs.get("torch", next(iter(outputs.values())))
-                    identical = {impl: bool(torch.equal(out, reference)) for impl, out in outputs.items()
-                                 if not (impl == "conv" and train)}
+                    mismatched = {impl: _mismatches(out, reference) for impl, out in outputs.items()
+                                  if not (impl == "conv" and train)}
                     if train and "conv" in outputs and "torch" in outputs:
                         # compare the conv baseline with the torch path on the batch-wide draw it used
                         torch_same = i2e_convert(images, timesteps=timesteps, order=order, motions=conv_motions,
                                                  dtype=dtype, impl="torch", validate=False)
-                        identical["conv"] = bool(torch.equal(outputs["conv"], torch_same))
+                        mismatched["conv"] = _mismatches(outputs["conv"], torch_same)
                     del outputs
-                    if not all(identical.values()):
-                        bad = [k for k, v in identical.items() if not v]
+                    identical = {impl: n == 0 for impl, n in mismatched.items()}
+                    # The fused kernel and the torch path perform the same float32 operations: any
+                    # difference is a bug. The conv baseline's float arithmetic differs (counted, reported).
+                    bad = [k for k, n in mismatched.items() if n and k != "conv"]
+                    if bad:
                         raise BenchError(f"implementations disagree ({bad}) at {size}x{size} batch {batch} {dtype} "
                                          f"{mode}: a correctness bug, not a benchmark result")
                     bytes_in = images.numel() * images.element_size()
@@ -131,6 +152,7 @@ def run_convert(args) -> dict:
                             "median_ms": sec * 1e3, "min_ms": min(samples) * 1e3, "samples_ms": [s * 1e3 for s in samples],
                             "images_per_s": batch / sec, "gb_per_s": gbs, "bytes_in": bytes_in, "bytes_out": bytes_out,
                             "roofline_fraction": gbs * 1e9 / bandwidth, "identical_to_torch_path": identical.get(impl),
+                            "mismatched_events": mismatched.get(impl),
                             "reused_output": bool(args.reuse_output) and impl != "conv",
                         })
                     conv_ms = next((r["median_ms"] for r in config_rows if r["impl"] == "conv"), None)
@@ -154,14 +176,22 @@ def run_convert(args) -> dict:
         "settings": {"sizes": sizes, "batch_sizes": batches, "dtypes": [str(d).replace("torch.", "") for d in dtypes],
                      "modes": modes, "timesteps": timesteps, "order": list(order), "impls": impls,
                      "skipped": skipped, "warmup": warmup, "repeats": repeats, "seed": args.seed,
-                     "input": "uint8 [B, 3, S, S] on the device", "copy_bytes": copy_bytes},
+                     "input": "uint8 [B, 3, S, S] on the device", "copy_bytes": copy_bytes,
+                     "conv_check": "cuDNN full fp32 (allow_tf32=False), deterministic, no benchmark autotuning",
+                     "conv_timing": "default cuDNN flags, as the authors' code runs"},
         "copy_bandwidth_gb_per_s": bandwidth / 1e9,
         "results": rows,
         "summary": summary,
     }
+    conv_off = sum(r["mismatched_events"] or 0 for r in rows if r["impl"] == "conv")
+    if conv_off:
+        record["conv_mismatched_events"] = conv_off
     title = (f"I2E conversion on {env['device']} (T={timesteps}, median of {repeats}; roofline = GB/s over "
              f"copy bandwidth {bandwidth / 1e9:.1f} GB/s)")
     if skipped:
         title += "\n" + "; ".join(f"{k} skipped: {v}" for k, v in skipped.items())
+    if conv_off:
+        title += (f"\nconv baseline: {conv_off} events differ from the torch path (its float rounding; "
+                  f"see mismatched_events per row)")
     columns = ["impl", "size", "batch", "dtype", "mode", "ms/batch", "img/s", "GB/s", "roofline", "x conv"]
     return finish(record, format_table(title, columns, table_rows), args)
