@@ -12,6 +12,7 @@ __all__ = [
     "MissingDataError",
     "UndecodableImageError",
     "NpzFormatError",
+    "ParquetFormatError",
     "DVSFormatError",
     "DVSCacheError",
     "CheckpointError",
@@ -41,6 +42,11 @@ class UndecodableImageError(DatasetError, RuntimeError):
 
 class NpzFormatError(I2EError, ValueError):
     """An npz file is missing, corrupt, truncated or not an I2E event file."""
+
+
+class ParquetFormatError(I2EError, ValueError):
+    """A Parquet shard or row is not in the I2E format (corrupt shard, missing column, damaged row); the
+    message names the shard and the row."""
 
 
 class DVSFormatError(I2EError, ValueError):

@@ -26,3 +26,19 @@ def pipeline_options(cfg, checkpoint: str | None) -> dict:
         enable_checkpointing=cfg.enable_checkpointing,
         checkpoint=checkpoint,
     )
+
+
+# Resize interpolations by name (``interp`` of the pipeline configs). "cubic" is DALI's INTERP_CUBIC, the
+# counterpart of PIL's BICUBIC that the authors' data-set generation uses (README: how closely they agree).
+INTERPOLATIONS = ("linear", "cubic", "lanczos3", "triangular", "nn")
+
+
+def interp_type(name: str):
+    """The DALI ``types.DALIInterpType`` for an interpolation name of ``INTERPOLATIONS``."""
+    from nvidia.dali import types
+
+    table = {"linear": types.INTERP_LINEAR, "cubic": types.INTERP_CUBIC, "lanczos3": types.INTERP_LANCZOS3,
+             "triangular": types.INTERP_TRIANGULAR, "nn": types.INTERP_NN}
+    if name not in table:
+        raise ValueError(f"interp must be one of {INTERPOLATIONS}, got {name!r}")
+    return table[name]

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
-from . import DEFAULT_SEED, pipeline_options, shard_bounds
+from . import DEFAULT_SEED, interp_type, pipeline_options, shard_bounds
 
 __all__ = ["CifarPipelineConfig", "CifarFeed", "build_cifar_pipeline", "shard_bounds"]
 
@@ -38,6 +38,8 @@ class CifarPipelineConfig:
     num_shards: int = 1
     prefetch_queue_depth: int = 2
     enable_checkpointing: bool = True
+    # Interpolation of the resize to out_size (INTERPOLATIONS; the exporter's presets use "cubic").
+    interp: str = "linear"
     # With a device_id: True augments on the CPU and moves only the finished batch to the GPU (``.gpu()``).
     cpu_ops: bool = False
 
@@ -117,7 +119,8 @@ def _cifar_graph(feed: CifarFeed, cfg: CifarPipelineConfig):
     else:
         mirror = None
     if size != feed.images.shape[1] or size != feed.images.shape[2]:
-        images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        images = fn.resize(images, resize_x=size, resize_y=size, interp_type=interp_type(cfg.interp),
+                           antialias=True)
     cmn_kw = {"mirror": mirror} if mirror is not None else {}
     images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW", **cmn_kw)
     if cfg.device_id is not None and not gpu:

@@ -21,7 +21,7 @@ from typing import Sequence
 
 from nvidia.dali import fn, pipeline_def, types
 
-from . import DEFAULT_SEED, pipeline_options
+from . import DEFAULT_SEED, interp_type, pipeline_options
 
 __all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "READER_NAME", "build_folder_pipeline"]
 
@@ -62,6 +62,8 @@ class FolderPipelineConfig:
     host_memory_padding: int = 140_544_512
     dont_use_mmap: bool = False  # True helps on network file systems
     enable_checkpointing: bool = True
+    # Interpolation of the evaluation views' resize (INTERPOLATIONS; the exporter's presets use "cubic").
+    interp: str = "linear"
     # With a device_id: True decodes and augments on the CPU and moves only the finished uint8 batch to
     # the GPU (``.gpu()``: DALI's pinned staging + its own stream, so CPU decoding overlaps training).
     cpu_ops: bool = False
@@ -132,13 +134,14 @@ def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPi
         images = fn.decoders.image(encoded, **decoder_kw)
         if cfg.eval_view == "crop":
             images = fn.resize(
-                images, resize_shorter=cfg.resize_size, interp_type=types.INTERP_LINEAR, antialias=True
+                images, resize_shorter=cfg.resize_size, interp_type=interp_type(cfg.interp), antialias=True
             )
             images = fn.crop_mirror_normalize(
                 images, crop=(size, size), crop_pos_x=0.5, crop_pos_y=0.5, dtype=types.UINT8, output_layout="CHW"
             )
         else:
-            images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+            images = fn.resize(images, resize_x=size, resize_y=size, interp_type=interp_type(cfg.interp),
+                               antialias=True)
             images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW")
     if cfg.device_id is not None:
         if not gpu:

@@ -148,7 +148,9 @@ class EventLoader(LoaderBase):
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        if not isinstance(source, (ImageFolderSource, CifarSource)):
+        # folder sources go through the folder graph; in-memory uint8 arrays (kind "cifar": CIFAR, MNIST's
+        # IDX files) through the CIFAR graph
+        if not isinstance(source, (ImageFolderSource, CifarSource)) and getattr(source, "kind", None) != "cifar":
             raise TypeError(
                 f"source must be an ImageFolderSource or CifarSource (see i2e_dali.datasets.open_source), "
                 f"got {type(source).__name__}"

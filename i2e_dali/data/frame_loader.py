@@ -66,7 +66,7 @@ class _ResumableBatchSampler(Sampler[list]):
         self.start = 0
 
     def __iter__(self):
-        if isinstance(self.sampler, DistributedSampler):
+        if hasattr(self.sampler, "set_epoch"):  # DistributedSampler, or a dataset's own train_sampler
             self.sampler.set_epoch(self.epoch)
         return itertools.islice(iter(self.batches), self.start, None)
 
@@ -163,9 +163,12 @@ class FrameLoader(LoaderBase):
         self.num_classes = len(self.class_names)
 
         if self.train:
-            sampler: Sampler[int] = DistributedSampler(
-                dataset, num_replicas=self.num_shards, rank=self.shard_id, shuffle=True, seed=seed, drop_last=True
-            )
+            # A dataset may bring its own training order (Parquet: row-group-local shuffling); it must
+            # behave like DistributedSampler(drop_last=True): set_epoch, equal lengths on every rank.
+            own = getattr(dataset, "train_sampler", None)
+            sampler: Sampler[int] = own(num_replicas=self.num_shards, rank=self.shard_id, seed=seed) if own else (
+                DistributedSampler(dataset, num_replicas=self.num_shards, rank=self.shard_id, shuffle=True, seed=seed,
+                                   drop_last=True))
             self.num_samples = len(sampler)
             if self.num_samples < batch_size:
                 raise ValueError(

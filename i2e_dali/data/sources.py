@@ -37,7 +37,14 @@ __all__ = [
 # Formats DALI's image decoders read (by content, so a PNG named .JPEG still decodes).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
                     ".jp2", ".j2k")
-DATASETS = ("imagenet", "folder", "cifar10", "cifar100")
+DATASETS = ("imagenet", "folder", "cifar10", "cifar100", "mnist", "fashionmnist", "caltech101", "caltech256",
+            "mini-imagenet")
+# Class-folder sets without train/val folders (the authors' catalog): the folder the archive unpacks to,
+# and classes left out (torchvision's rule: Caltech-101 without BACKGROUND_Google); split per class, seeded.
+_UNSPLIT_SETS = {"caltech101": ("101_ObjectCategories", ("BACKGROUND_Google",)),
+                 "caltech256": ("256_ObjectCategories", ()),
+                 "mini-imagenet": ("images", ())}
+DEFAULT_VAL_FRACTION = 0.2
 _MAX_LISTED = 20  # files named in one error message; the rest are counted
 
 
@@ -358,6 +365,12 @@ def open_source(data_root: str | os.PathLike, split: str, dataset: str = "imagen
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
     root = Path(data_root).expanduser()
+    if dataset in ("mnist", "fashionmnist"):
+        from .idx import IdxSource
+
+        return IdxSource(root, train=split == "train", variant=dataset, **kwargs)
+    if dataset in _UNSPLIT_SETS and not ((root / "train").is_dir() and (root / "val").is_dir()):
+        return split_class_folders(root, split, dataset, **kwargs)
     if dataset in ("cifar10", "cifar100"):
         return CifarSource(root, train=split == "train", variant=dataset, **kwargs)
     if not root.is_dir():
@@ -376,3 +389,48 @@ def open_source(data_root: str | os.PathLike, split: str, dataset: str = "imagen
             f"{root}/val/<class>/<image> with the same class folders.{hint}"
         )
     return ImageFolderSource(path, **kwargs)
+
+
+def split_class_folders(root: str | os.PathLike, split: str, dataset: str, *,
+                        val_fraction: float = DEFAULT_VAL_FRACTION, seed: int | None = None,
+                        **kwargs) -> ImageFolderSource:
+    """``split`` of a class-folder set that has no train/val folders (Caltech-101/256, Mini-ImageNet as 100
+    class folders): per class, a seeded permutation puts ``round(n * val_fraction)`` images (at least one
+    when the class has two) in "val" and the rest in "train"; both keep the sorted file order. Files DALI
+    cannot read (Caltech-256's stray non-image files) are left out."""
+    from ..placement import DEFAULT_SEED
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction!r}")
+    seed = DEFAULT_SEED if seed is None else int(seed)
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise MissingDataError(f"data folder {root} does not exist")
+    sub, excluded = _UNSPLIT_SETS.get(dataset, ("", ()))
+    folder = root / sub if sub and (root / sub).is_dir() else root
+    if dataset == "mini-imagenet" and any((folder / d).is_dir() for d in ("train", "val", "test")):
+        raise DatasetError(
+            f"{folder} holds train/val/test folders with different classes (the few-shot split); for I2E-Mini-"
+            "ImageNet put all 100 class folders into one folder (or give train/ and val/ with the same classes)")
+    kwargs.setdefault("skip_invalid", True)
+    src = ImageFolderSource(folder, **kwargs)
+    keep = [c for c in src.classes if c not in excluded]
+    new_label = {src.classes.index(c): i for i, c in enumerate(keep)}
+    by_class: dict[int, list[int]] = {}
+    for i, (_, label) in enumerate(src.samples):
+        if label in new_label:
+            by_class.setdefault(new_label[label], []).append(i)
+    chosen = []
+    for label, idx in sorted(by_class.items()):
+        n = len(idx)
+        n_val = 0 if n < 2 else min(n - 1, max(1, round(n * val_fraction)))
+        perm = np.random.default_rng([seed, label]).permutation(n)
+        picked = perm[:n_val] if split == "val" else perm[n_val:]
+        chosen += [idx[j] for j in sorted(picked.tolist())]
+    chosen.sort()
+    out = src.subset(chosen)
+    out.classes = keep
+    out.samples = [(path, new_label[label]) for path, label in out.samples]
+    return out

@@ -38,6 +38,9 @@ from ..fsio import atomic_write, atomic_write_text
 from ..placement import usable_cores
 from ..data.npz import META_NAME, NpzFormatError, read_npz_info, write_npz
 from ..errors import ExportError
+from . import export_dist
+from .export_presets import (PRESETS, SOURCE_KINDS, add_catalog_arguments, print_shares, rate_check,
+                             resolve_catalog_arguments)
 
 __all__ = ["ExportConfig", "ExportError", "ExportSummary", "export", "export_split", "plan_split", "main"]
 
@@ -63,6 +66,12 @@ class ExportConfig:
     verify: bool = False  # fully decompress existing files on resume instead of checking headers
     level: int | None = None  # zlib level; None = np.savez_compressed's (6)
     progress: bool | None = None
+    # the authors' Parquet layout and their catalog's protocol (tools/export_parquet.py, export_presets.py)
+    preset: str | None = None  # sets dataset, size, ratio (if None), view (if auto), interp (if None)
+    size: int | None = None  # frame side; None: the source's (224 folders, 128 CIFAR, 32 MNIST)
+    interp: str | None = None  # resize interpolation; None: linear, or cubic (their BICUBIC) under a preset
+    rows_per_shard: int | None = None  # parquet; None: ~512 MB shards
+    row_group_rows: int | None = None  # parquet; None: ~32 MB row groups
 
 
 @dataclass
@@ -78,6 +87,10 @@ class ExportSummary:
     seconds: float = 0.0
     frame_shape: tuple[int, int, int] | None = None
     per_timestep_rate: list[float] = field(default_factory=list)
+    shards_written: int = 0  # parquet shards
+    shards_skipped: int = 0
+    shares: list[dict] = field(default_factory=list)  # each rank's part: rank, files, bytes, seconds
+    rate_note: str = ""  # with a preset: the event rate against the catalog's
 
     @property
     def event_rate(self) -> float:
@@ -222,50 +235,61 @@ def _view_for(cfg: ExportConfig, split: str) -> str:
 
 
 def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> ExportSummary:
-    """Export one split; ``opener`` (default ``open``) is the file-opening hook the writer uses."""
-    from ..data.event_loader import EventLoader
-
+    """Export one split (this rank's share of it under torchrun); ``opener`` is the npz writer's file hook."""
     started = time.perf_counter()
     source = _source_for(cfg, split)
-    out_split = cfg.out / split
+    rank, world = export_dist.gather_rank()
+    parquet = cfg.format == "parquet"
+    out_split = cfg.out if parquet else cfg.out / split
     out_split.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary(split=split)
-    summary.removed_partials = _remove_partials(out_split)
-    targets = plan_split(source, out_split)
+    if rank == 0:  # before any rank writes (barrier below): a temp file now is a killed run's
+        summary.removed_partials = _remove_partials(out_split)
     view = _view_for(cfg, split)
     ratio = cfg.ratio if cfg.ratio is not None else source.default_ratio
-    if _is_cifar(source):
-        size = (source.default_out_size, source.default_out_size)
-    else:
-        size = (source.default_crop_size, source.default_crop_size)
+    size = _frame_size(cfg, source)
     frame_shape = (cfg.timesteps, *size)
     summary.frame_shape = frame_shape
-    _write_meta(out_split, {
+    if parquet:
+        from .export_parquet import write_split
+
+        export_dist.barrier()
+        settings = {"format": "parquet", "dataset": cfg.dataset, "ratio": ratio, "timesteps": cfg.timesteps,
+                    "order": cfg.order, "view": "resize" if _is_cifar(source) else view, "interp": cfg.interp or "linear",
+                    "height": size[0], "width": size[1], "split": split, "samples": len(source.samples)}
+        return write_split(cfg, split, source, settings=settings, frame_shape=frame_shape, summary=summary,
+                           make_loader=lambda sub, batch: _loader(cfg, sub, batch, view, ratio, size),
+                           source_bytes=_source_bytes, rank=rank, world=world)
+    targets = plan_split(source, out_split)
+    if rank == 0:
+        _write_meta(out_split, {
         "format": cfg.format, "dataset": cfg.dataset, "ratio": ratio, "timesteps": cfg.timesteps,
         "order": cfg.order, "view": "resize" if _is_cifar(source) else view, "height": size[0], "width": size[1],
         "classes": list(source.classes), "samples": len(source.samples), "source": str(Path(cfg.data).resolve()),
         "columns": "t,p,x,y (p=1 ON, 0 OFF)" if cfg.format == "sparse" else "arr_0 bool [T,2,H,W], channel 0 ON",
-    })
+        "interp": cfg.interp or "linear",
+        })
     for c in {t.parent for t in targets}:
         c.mkdir(parents=True, exist_ok=True)
+    export_dist.barrier()
+    from pipelines import shard_bounds
+
+    lo, hi = shard_bounds(len(targets), rank, world)  # this rank's contiguous share of the files
 
     workers = cfg.workers or min(8, usable_cores())
     # Checking finished files is I/O (zip directory + npy header each): overlap it on a thread pool.
     with ThreadPoolExecutor(max_workers=2 * workers) as checker:
-        done = list(checker.map(lambda t: t.exists() and _complete(t, cfg.format, frame_shape, cfg.verify), targets))
-    todo = [i for i, finished in enumerate(done) if not finished]
-    summary.skipped = len(targets) - len(todo)
+        done = list(checker.map(lambda t: t.exists() and _complete(t, cfg.format, frame_shape, cfg.verify),
+                                targets[lo:hi]))
+    todo = [lo + i for i, finished in enumerate(done) if not finished]
+    summary.skipped = (hi - lo) - len(todo)
     if not todo:
         summary.seconds = time.perf_counter() - started
         return summary
 
     sub = source if len(todo) == len(source.samples) else source.subset(todo)
     batch = min(cfg.batch_size, len(todo))
-    loader = EventLoader(
-        sub, batch, train=False, with_index=True, eval_view=view, dtype=torch.bool,
-        ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, device=cfg.device,
-        num_threads=cfg.dali_threads, shard_id=0, num_shards=1,
-    )
+    loader = _loader(cfg, sub, batch, view, ratio, size)
     per_t = np.zeros(cfg.timesteps, dtype=np.int64)
     pending: deque[tuple[Future, int]] = deque()
     bar = tqdm(total=len(todo), desc=f"export {split}", unit="file", disable=True if cfg.progress is False else None)
@@ -313,6 +337,25 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
     return summary
 
 
+def _frame_size(cfg: ExportConfig, source) -> tuple[int, int]:
+    side = cfg.size or (source.default_out_size if _is_cifar(source) else source.default_crop_size)
+    return side, side
+
+
+def _loader(cfg: ExportConfig, sub, batch: int, view: str, ratio: float, size: tuple[int, int]):
+    """The one loader of both formats: DALI (GPU if present) + the conversion in evaluation mode."""
+    from ..data.event_loader import EventLoader
+
+    sizes = (dict(out_size=size[0]) if _is_cifar(sub)
+             else dict(crop_size=size[0], resize_size=max(size[0], round(size[0] * 256 / 224))))
+    return EventLoader(
+        sub, batch, train=False, with_index=True, eval_view=view, dtype=torch.bool,
+        ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, device=cfg.device,
+        num_threads=cfg.dali_threads, shard_id=0, num_shards=1,
+        pipeline_options={"interp": cfg.interp or "linear"}, **sizes,
+    )
+
+
 def _source_bytes(source, index: int) -> int:
     if _is_cifar(source):
         return int(np.prod(source.images.shape[1:]))  # raw 32x32x3 pixels
@@ -339,8 +382,14 @@ def _write_error(exc: OSError, out_split: Path, summary: ExportSummary) -> Expor
 
 
 def export(cfg: ExportConfig, *, opener: Callable = open) -> list[ExportSummary]:
-    if cfg.format not in ("dense", "sparse"):
-        raise ExportError(f"--format must be dense or sparse, got {cfg.format!r}")
+    if cfg.preset is not None:
+        _apply_preset(cfg)
+    if cfg.format not in ("dense", "sparse", "parquet"):
+        raise ExportError(f"--format must be dense, sparse or parquet, got {cfg.format!r}")
+    from pipelines import INTERPOLATIONS
+
+    if cfg.interp is not None and cfg.interp not in INTERPOLATIONS:
+        raise ExportError(f"--interp must be one of {', '.join(INTERPOLATIONS)}, got {cfg.interp!r}")
     if cfg.view not in ("auto", "crop", "resize"):
         raise ExportError(f"--view must be auto, crop or resize, got {cfg.view!r}")
     data, out = Path(cfg.data).expanduser(), Path(cfg.out).expanduser()
@@ -348,7 +397,24 @@ def export(cfg: ExportConfig, *, opener: Callable = open) -> list[ExportSummary]
         raise ExportError(f"--data {data} does not exist")
     cfg.data, cfg.out = data, out
     _check_paths(data, out)
-    return [export_split(cfg, split, opener=opener) for split in cfg.splits]
+    summaries = [export_split(cfg, split, opener=opener) for split in cfg.splits]
+    merged = export_dist.merge(export_dist.gather(summaries), ExportSummary)  # every rank's share
+    for s in merged:
+        if cfg.preset is not None and s.cells:
+            s.rate_note = rate_check(cfg.preset, s.events / s.cells)[1]
+    return merged
+
+
+def _apply_preset(cfg: ExportConfig) -> None:
+    """The catalog entry's source kind, size, ratio, plain resize view and bicubic; set values win."""
+    if cfg.preset not in PRESETS:
+        raise ExportError(f"--preset must be one of {', '.join(PRESETS)}, got {cfg.preset!r}")
+    p = PRESETS[cfg.preset]
+    cfg.dataset = p.dataset
+    cfg.size = cfg.size or p.size
+    cfg.ratio = p.ratio if cfg.ratio is None else cfg.ratio
+    cfg.view = "resize" if cfg.view == "auto" else cfg.view
+    cfg.interp = cfg.interp or "cubic"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -360,9 +426,10 @@ def _parse_args(argv):
     )
     p.add_argument("--data", required=True, type=Path, help="ImageNet-style root (train/, val/) or CIFAR folder")
     p.add_argument("--out", required=True, type=Path, help="output root (must not be inside --data)")
-    p.add_argument("--format", choices=("dense", "sparse"), default="dense",
-                   help="dense: arr_0 bool [T,2,H,W]; sparse: [N,4] rows (t,p,x,y), p=1 ON")
-    p.add_argument("--dataset", choices=("imagenet", "cifar10", "cifar100"), default="imagenet")
+    p.add_argument("--format", choices=("dense", "sparse", "parquet"), default=None,
+                   help="dense: arr_0 bool [T,2,H,W]; sparse: [N,4] rows (t,p,x,y), p=1 ON; parquet: the authors' "
+                        "hub layout (default: parquet with --preset, else dense)")
+    p.add_argument("--dataset", choices=SOURCE_KINDS, default=None, help="source kind (default imagenet, or the preset's)")
     p.add_argument("--split", choices=("train", "val", "both"), default="both")
     p.add_argument("--ratio", type=float, default=None, help="threshold ratio (default 0.12 ImageNet, 0.07 CIFAR)")
     p.add_argument("--timesteps", type=int, default=8)
@@ -379,7 +446,8 @@ def _parse_args(argv):
     p.add_argument("--verify", action="store_true",
                    help="on resume, fully read existing files instead of checking their headers")
     p.add_argument("--no-progress", action="store_true")
-    return p.parse_args(argv)
+    add_catalog_arguments(p)
+    return resolve_catalog_arguments(p, p.parse_args(argv))
 
 
 def main(argv=None) -> int:
@@ -390,16 +458,24 @@ def main(argv=None) -> int:
         ratio=args.ratio, timesteps=args.timesteps, order=args.order, view=args.view,
         batch_size=args.batch_size, workers=args.workers, dali_threads=args.dali_threads,
         device=args.device, verify=args.verify, level=args.compression_level, progress=False if args.no_progress else None,
+        preset=args.preset, size=args.size, interp=args.interp, rows_per_shard=args.rows_per_shard,
+        row_group_rows=args.row_group_rows,
     )
+    rank, _, started = export_dist.init_ranks()  # under torchrun: one process per GPU, files split
     try:
         summaries = export(cfg)
     except (ExportError, ValueError, OSError) as exc:
-        print(f"i2e-export: error: {exc}", file=sys.stderr)
+        print(f"i2e-export: error{f' (rank {rank})' if started else ''}: {exc}", file=sys.stderr)
         return 1
+    finally:
+        export_dist.finish(started)
+    if rank != 0:
+        return 0
     for s in summaries:
         print(s.line())
         if s.per_timestep_rate:
             print("  event rate per timestep: " + " ".join(f"{r:.4f}" for r in s.per_timestep_rate))
+        print_shares(s)
     total = sum(s.bytes_written for s in summaries)
     print(f"total: {sum(s.written for s in summaries)} files, {_fmt_bytes(total)} in {cfg.out}")
     return 0
