@@ -15,7 +15,7 @@ from ..placement import DEFAULT_SEED
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "PRESETS", "build_parser", "resolve_config"]
 
-DATASETS = ("imagenet", "cifar10", "cifar100", "i2e-npz", "cifar10-dvs", "demo")
+DATASETS = ("imagenet", "cifar10", "cifar100", "i2e-npz", "i2e-parquet", "cifar10-dvs", "demo")
 
 # The paper's settings (shared/DESIGN.md), applied for whatever the user did not set on the command line.
 _CIFAR = dict(epochs=256, lr=0.1, weight_decay=2e-4, batch_size=128, timesteps=8, size=128, width=64)
@@ -25,6 +25,8 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
     "cifar100": dict(_CIFAR),
     # exported I2E sets: mostly I2E-CIFAR, so the CIFAR schedule; frame size comes from the files
     "i2e-npz": dict(_CIFAR, size=None),
+    # the authors' Parquet sets (UESTC-BICS/I2E) or our --format parquet exports; frame size from the rows
+    "i2e-parquet": dict(_CIFAR, size=None),
     "cifar10-dvs": dict(epochs=128, lr=0.1, weight_decay=1e-5, batch_size=32, timesteps=8, size=None, width=64),
     # the embedded demo: small images, few timesteps, a narrow MS-ResNet18, so it trains in minutes on 2
     # CPU cores (measured in the README); same model class, loader and engine as the real runs
@@ -48,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--data", type=str, default=None,
                    help="data set root (ImageNet: folder with train/ and val/; CIFAR: the python batches; "
-                        "i2e-npz: exported set; cifar10-dvs: the recordings). Omit for the demo.")
+                        "i2e-npz: exported set; i2e-parquet: a config folder of Parquet shards; cifar10-dvs: "
+                        "the recordings). Omit for the demo.")
     g.add_argument("--dataset", choices=DATASETS, default=None,
                    help="data set kind (default: demo without --data, else imagenet)")
     g.add_argument("--size", type=int, default=None,

@@ -36,6 +36,16 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
         common = dict(device=device, seed=args.seed, num_workers=args.workers)
         train = FrameLoader(train_set, args.batch_size, train=True, **common) if need_train else None
         return train, FrameLoader(val_set, args.batch_size, train=False, **common)
+    if args.dataset == "i2e-parquet":
+        from ..data.frame_loader import FrameLoader
+        from ..data.parquet import open_parquet_splits
+
+        _check_data_dir(args.data)
+        train_set, val_set = open_parquet_splits(args.data, timesteps=args.timesteps)
+        common = dict(device=device, seed=args.seed, num_workers=args.workers,
+                      dtype=events_dtype(getattr(args, "amp", "off"), rt.device))
+        train = FrameLoader(train_set, args.batch_size, train=True, **common) if need_train else None
+        return train, FrameLoader(val_set, args.batch_size, train=False, **common)
     if args.dataset == "cifar10-dvs":
         from ..data.dvs import open_dvs_splits
         from ..data.frame_loader import FrameLoader
