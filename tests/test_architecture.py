@@ -17,7 +17,7 @@ LAYERS = {
     "i2e_dali.errors": 0, "i2e_dali.fsio": 0, "i2e_dali.placement": 0,
     "i2e_dali.convert": 1,
     "i2e_dali.data": 2,
-    "i2e_dali.models": 3,
+    "i2e_dali.models": 3, "i2e_dali.zoo": 3, "i2e_dali.energy": 3,
     "i2e_dali.training": 4,
     "i2e_dali.tools": 5,
     # the package's front door and the `python -m i2e_dali.bench` alias re-export from above

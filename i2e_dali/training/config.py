@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import TrainError
-from ..models import ARCHS, canonical_arch
+from ..zoo import arch_names, describe_archs, native_width, resolve_arch
 from ..placement import DEFAULT_SEED
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "PRESETS", "build_parser", "resolve_config"]
@@ -38,6 +38,15 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dvs-finetune": dict(lr=0.001, weight_decay=0.0),
 }
 _RESOLVED = ("epochs", "lr", "weight_decay", "batch_size", "timesteps", "size", "width")
+
+
+class _ListArchs(argparse.Action):
+    def __init__(self, option_strings, dest, **kw):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(describe_archs())
+        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -82,7 +91,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="where the demo set is generated and cached (default ~/.cache/i2e-dali/demo)")
 
     g = p.add_argument_group("model")
-    g.add_argument("--arch", type=str, default="msresnet18", help=f"one of {sorted(ARCHS)}")
+    g.add_argument("--arch", type=str, default="msresnet18",
+                   help=f"one of {arch_names()} (spikingjelly zoo models with the paper's LIF and a 2-channel stem), "
+                        "or module:callable for your own model (see --list-archs)")
+    g.add_argument("--list-archs", action=_ListArchs, help="list the architectures and exit")
     g.add_argument("--width", type=int, default=None,
                    help="stage-1 channels (64 = the paper's model; the demo uses 16)")
     g.add_argument("--zero-init-residual", action="store_true", help="zero the last BN of each block")
@@ -118,6 +130,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="stop once this many epochs are done (the schedule still spans --epochs): "
                         "splits a long run into jobs resumed with --resume auto")
     g.add_argument("--evaluate", action="store_true", help="only evaluate (with --pretrained or --resume)")
+    g.add_argument("--report", nargs="?", const="auto", default=None, metavar="DIR",
+                   help="with --evaluate: also measure firing rates, synaptic operations and estimated energy "
+                        "(table, report.json, report.png) into DIR (default <output-dir>/report)")
+    g.add_argument("--report-batches", type=int, default=None,
+                   help="with --report: count operations over the first N validation batches (default all)")
     g.add_argument("--log-every", type=int, default=20, help="progress/TensorBoard update interval in steps")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
@@ -132,6 +149,7 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         raise TrainError("--dataset demo generates its own data; drop --data (or choose the data set kind)")
     if args.dataset != "demo" and args.data is None:
         raise TrainError(f"--dataset {args.dataset} needs --data pointing at the data set folder")
+    user_width = args.width
     merged = dict(DATASET_DEFAULTS[args.dataset])
     if args.preset:
         merged.update(PRESETS[args.preset])
@@ -139,9 +157,16 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         if getattr(args, key) is None:
             setattr(args, key, merged.get(key))
     try:
-        args.arch = canonical_arch(args.arch)
+        args.arch = resolve_arch(args.arch)
     except ValueError as e:
         raise TrainError(f"--arch: {e}") from None
+    fixed = native_width(args.arch)
+    if fixed is not None:  # zoo / user models have their own width; --width is MS-ResNet's
+        if user_width is not None and user_width != fixed:
+            raise TrainError(f"--width applies to MS-ResNet only; {args.arch} has a fixed width ({fixed})")
+        args.width = fixed
+    if args.report is not None and not args.evaluate:
+        raise TrainError("--report goes with --evaluate (or use i2e-report on a checkpoint)")
     checks = [
         ("--epochs", args.epochs >= 1),
         ("--batch-size", args.batch_size >= 1),
@@ -149,7 +174,8 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
         ("--lr-min", 0 <= args.lr_min <= args.lr),
         ("--weight-decay", args.weight_decay >= 0),
         ("--timesteps", 1 <= args.timesteps <= 8),
-        ("--width", args.width >= 1),
+        ("--width", args.width >= 1 or (fixed is not None and args.width >= 0)),
+        ("--report-batches", args.report_batches is None or args.report_batches >= 1),
         ("--label-smoothing", 0 <= args.label_smoothing < 1),
         ("--ckpt-every", args.ckpt_every >= 0),
         ("--log-every", args.log_every >= 1),
@@ -164,5 +190,6 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
     if args.stop_after_epoch is not None and not 1 <= args.stop_after_epoch <= args.epochs:
         raise TrainError(f"--stop-after-epoch must be in 1..--epochs ({args.epochs}), got {args.stop_after_epoch}")
     if args.output_dir is None:
-        args.output_dir = str(Path("runs") / f"{args.dataset}-{args.arch}")
+        safe_arch = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.arch)
+        args.output_dir = str(Path("runs") / f"{args.dataset}-{safe_arch}")
     return args

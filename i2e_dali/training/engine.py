@@ -22,6 +22,7 @@ from torch import nn
 from tqdm import tqdm
 
 from ..errors import TrainError
+from ..energy import SpikeRateMeter
 from ..models import unwrap
 from .checkpoint import CKPT_FORMAT, load_state_into, plain_config, rng_state, save_checkpoint, set_rng_state
 from .runtime import gather
@@ -83,6 +84,7 @@ def evaluate(
     channels_last: bool = False,
     progress: bool = False,
     desc: str = "val",
+    firing_rates: bool = False,
 ) -> dict[str, float]:
     """Top-1/top-5 (%) and mean loss over every validation sample, each counted exactly once.
 
@@ -90,8 +92,12 @@ def evaluate(
     the sums of correct predictions, loss and count are all-reduced; every rank returns the same numbers.
     Runs on the unwrapped module: ranks may hold different numbers of batches, and a DDP forward would
     wait for the others.
+
+    ``firing_rates``: also return ``firing_rates`` = {stage: mean firing rate} (this rank's shard), from
+    spikingjelly monitors on the neurons: one reduction per neuron layer per batch, no extra host sync.
     """
     net = unwrap(model)
+    meter = SpikeRateMeter(net).__enter__() if firing_rates else None
     was_training = net.training
     net.eval()
     device = next(net.parameters()).device
@@ -118,7 +124,11 @@ def evaluate(
                 F.cross_entropy(logits, labels, reduction="sum").double(),
             ]).to(device)
             count += labels.numel()
+            if meter is not None:
+                meter.fold()
     finally:
+        if meter is not None:
+            meter.__exit__(None, None, None)
         net.train(was_training)
     sums = torch.cat([sums, sums.new_full((1,), float(count))])  # one fill kernel, once
     if dist.is_available() and dist.is_initialized():
@@ -126,7 +136,10 @@ def evaluate(
     c1, c5, loss, n = sums.tolist()
     if n == 0:
         raise TrainError("the validation set yielded no samples")
-    return {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(round(n))}
+    res = {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(round(n))}
+    if meter is not None:
+        res["firing_rates"] = meter.stage_rates()
+    return res
 
 
 def build_optimizer(model: nn.Module, *, lr: float, momentum: float, weight_decay: float,
@@ -358,7 +371,8 @@ class Trainer:
             t0 = time.perf_counter()
             train_stats = self.train_one_epoch()
             val = evaluate(self.model, self.val_loader, amp_dtype=self.amp_dtype, channels_last=args.channels_last,
-                           progress=self.rt.is_main and args.progress, desc=f"val {s.epoch + 1}")
+                           progress=self.rt.is_main and args.progress, desc=f"val {s.epoch + 1}",
+                           firing_rates=self.rt.is_main)
             s.epoch += 1
             s.step_in_epoch = 0
             is_best = val["top1"] > s.best_top1
@@ -390,4 +404,6 @@ class Trainer:
             for k in ("val_top1", "val_top5", "val_loss", "train_loss", "train_img_per_s", "train_data_wait_fraction",
                       "best_top1"):
                 self.writer.add_scalar("epoch/" + k, r[k], r["epoch"])
+            for stage, rate in (r.get("val_firing_rates") or {}).items():  # a dying or saturating network shows
+                self.writer.add_scalar("firing_rate/" + stage, rate, r["epoch"])
             self.writer.flush()

@@ -22,7 +22,7 @@ from torch import nn
 
 from ..errors import CheckpointError, I2EError, TrainError
 from ..fsio import atomic_write_text
-from ..models import build_model
+from ..zoo import build_any
 from .checkpoint import check_compatible, clean_stale_temps, load_checkpoint, load_pretrained, load_state_into, plain_config
 from .config import build_parser, resolve_config
 from .data import build_loaders
@@ -68,7 +68,8 @@ def run(args: argparse.Namespace) -> dict | None:
         if train_loader is not None and train_loader.num_classes != num_classes:
             raise TrainError(f"train has {train_loader.num_classes} classes but val has {num_classes}")
 
-        model = build_model(args.arch, num_classes, width=args.width, zero_init_residual=args.zero_init_residual)
+        model = build_any(args.arch, num_classes, width=args.width, zero_init_residual=args.zero_init_residual,
+                          size=args.size, timesteps=args.timesteps)
         seed_everything(args.seed + rt.rank)  # per-rank streams from here on
 
         resume_path = None
