@@ -8,6 +8,8 @@ one) and every later operator on the GPU; with ``device_id=None`` everything run
 Views:
 - train: random-resized-crop (area 0.08-1, aspect 3/4-4/3) fused into the decoder (only the crop's
   region is decoded), resize to ``crop_size`` x ``crop_size``, random horizontal flip;
+- train "resize" (``train_view``, the paper's Baseline-I): the whole image resized to ``crop_size`` x
+  ``crop_size``, random horizontal flip;
 - eval "crop": resize the shorter side to ``resize_size`` (256), centre crop ``crop_size`` (224);
 - eval "resize": resize straight to ``crop_size`` x ``crop_size`` (the authors' train-set export view).
 
@@ -23,10 +25,11 @@ from nvidia.dali import fn, pipeline_def, types
 
 from . import DEFAULT_SEED, interp_type, pipeline_options
 
-__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "READER_NAME", "build_folder_pipeline"]
+__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "TRAIN_VIEWS", "READER_NAME", "build_folder_pipeline"]
 
 READER_NAME = "Reader"
 EVAL_VIEWS = ("crop", "resize")
+TRAIN_VIEWS = ("random-resized-crop", "resize")
 
 
 @dataclass
@@ -62,6 +65,9 @@ class FolderPipelineConfig:
     host_memory_padding: int = 140_544_512
     dont_use_mmap: bool = False  # True helps on network file systems
     enable_checkpointing: bool = True
+    # Training view: "random-resized-crop" (the paper's Baseline-II) or "resize" (Baseline-I: the whole
+    # image resized to crop_size x crop_size, then the random flip).
+    train_view: str = "random-resized-crop"
     # Interpolation of the evaluation views' resize (INTERPOLATIONS; the exporter's presets use "cubic").
     interp: str = "linear"
     # With a device_id: True decodes and augments on the CPU and moves only the finished uint8 batch to
@@ -80,6 +86,8 @@ class FolderPipelineConfig:
             raise ValueError(
                 f"resize_size ({self.resize_size}) must be >= crop_size ({self.crop_size}) for the 'crop' view"
             )
+        if self.train_view not in TRAIN_VIEWS:
+            raise ValueError(f"train_view must be one of {TRAIN_VIEWS}, got {self.train_view!r}")
         if self.eval_view not in EVAL_VIEWS:
             raise ValueError(f"eval_view must be one of {EVAL_VIEWS}, got {self.eval_view!r}")
         if not 0 <= self.shard_id < self.num_shards:
@@ -119,7 +127,12 @@ def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPi
             jpeg_fancy_upsampling=cfg.jpeg_fancy_upsampling,
         )
     size = cfg.crop_size
-    if cfg.train:
+    if cfg.train and cfg.train_view == "resize":  # Baseline-I: whole image, fixed size, random flip
+        images = fn.decoders.image(encoded, **decoder_kw)
+        images = fn.resize(images, resize_x=size, resize_y=size, interp_type=types.INTERP_LINEAR, antialias=True)
+        mirror = fn.random.coin_flip(probability=0.5)
+        images = fn.crop_mirror_normalize(images, dtype=types.UINT8, output_layout="CHW", mirror=mirror)
+    elif cfg.train:
         images = fn.decoders.image_random_crop(
             encoded,
             random_area=list(cfg.random_area),

@@ -17,6 +17,7 @@ from .spec import (
     check_images,
     check_motions,
     check_ratio,
+    check_threshold,
     check_timesteps,
     draw_motions,
     parse_order,
@@ -52,6 +53,8 @@ def i2e_convert(
     impl: str = "auto",
     validate: bool = True,
     out: torch.Tensor | None = None,
+    threshold: str = "adaptive",
+    threshold_value: float | None = None,
 ) -> torch.Tensor:
     """Convert ``[B, 3, H, W]`` images to events ``[T, B, 2, H, W]`` (shared/I2E_SPEC.md).
 
@@ -70,7 +73,11 @@ def i2e_convert(
         out: optional contiguous ``[T, B, 2, H, W]`` tensor of ``dtype`` on the images' device to write
             into. Reusing one buffer across calls (export, benchmarks) saves fresh-memory page faults,
             which on the CPU cost as much as the conversion itself.
+        threshold: "adaptive" (the paper's: ``ratio`` x each image's intensity range) or "fixed" (the
+            paper's Table 4 ablation: one absolute threshold ``threshold_value`` on V in (0, 1] for every
+            image; ``ratio`` is then unused). ON fires iff ``d >= thr``, OFF iff ``-d >= thr`` either way.
     """
+    fixed = check_threshold(threshold, threshold_value)
     ratio = check_ratio(ratio)
     order = parse_order(order, timesteps)
     dtype = check_dtype(dtype)
@@ -95,8 +102,8 @@ def i2e_convert(
     if _fused_available(images, impl):
         from .triton_path import convert_fused
 
-        return convert_fused(images, ratio=ratio, order=order, motions=motions, dtype=dtype, out=out)
-    return convert_torch(images, ratio, order, motions, dtype, uniform, out)
+        return convert_fused(images, ratio=ratio, order=order, motions=motions, dtype=dtype, out=out, fixed=fixed)
+    return convert_torch(images, ratio, order, motions, dtype, uniform, out, fixed)
 
 
 def event_rate(events: torch.Tensor, per_sample: bool = False) -> torch.Tensor:
@@ -126,8 +133,12 @@ class I2E(nn.Module):
         per_sample: bool = True,
         dtype: torch.dtype = torch.float32,
         impl: str = "auto",
+        threshold: str = "adaptive",
+        threshold_value: float | None = None,
     ):
         super().__init__()
+        self.threshold_value = check_threshold(threshold, threshold_value)
+        self.threshold = threshold
         self.ratio = check_ratio(ratio)
         self.timesteps = check_timesteps(timesteps)
         self.order = parse_order(order, timesteps)
@@ -156,8 +167,11 @@ class I2E(nn.Module):
             dtype=self.dtype,
             impl=self.impl,
             validate=validate,
+            threshold=self.threshold,
+            threshold_value=self.threshold_value,
         )
 
     def extra_repr(self) -> str:
         order = "".join(GROUP_LETTERS[g] for g in self.order)
-        return f"ratio={self.ratio}, timesteps={self.timesteps}, order={order!r}, per_sample={self.per_sample}, dtype={self.dtype}"
+        thr = f"fixed threshold={self.threshold_value}, " if self.threshold == "fixed" else ""
+        return f"{thr}ratio={self.ratio}, timesteps={self.timesteps}, order={order!r}, per_sample={self.per_sample}, dtype={self.dtype}"

@@ -19,6 +19,8 @@ __all__ = [
     "GROUP_SIZES",
     "GROUP_LETTERS",
     "DEFAULT_ORDER",
+    "ORDER_PRESETS",
+    "THRESHOLD_MODES",
     "MAX_TIMESTEPS",
     "U8_SCALE",
     "OUT_DTYPES",
@@ -26,8 +28,10 @@ __all__ = [
     "parse_order",
     "draw_motions",
     "threshold_from_extremes",
+    "fixed_threshold",
     "intensity_and_threshold",
     "check_ratio",
+    "check_threshold",
     "check_timesteps",
     "check_images",
     "check_dtype",
@@ -49,6 +53,13 @@ MOTION_GROUPS: tuple[tuple[tuple[int, int], ...], ...] = (
 GROUP_SIZES: tuple[int, ...] = tuple(len(g) for g in MOTION_GROUPS)
 GROUP_LETTERS = "abcdefgh"
 DEFAULT_ORDER: tuple[int, ...] = (4, 5, 6, 7, 0, 1, 2, 3)  # e f g h a b c d: larger motions first
+# The authors' numbered orders (their training scripts' ``--shuffle 0..5``, TrainScript/*/train.py of
+# github.com/Ruichen0424/I2E), as group letters; 4 is the default above.
+ORDER_PRESETS: dict[int, str] = {0: "abcdefgh", 1: "abefghcd", 2: "cdabefgh", 3: "cdefghab", 4: "efghabcd",
+                                 5: "efghcdab"}
+# "adaptive": thr = ratio x (max V - min V) per image (the paper's); "fixed": one absolute threshold on V
+# in [0, 1] for every image (the paper's Table 4 ablation).
+THRESHOLD_MODES = ("adaptive", "fixed")
 MAX_TIMESTEPS = len(MOTION_GROUPS)
 
 # uint8 -> float is defined as multiply by float32(1/255) (torchvision's ToDtype(scale=True)).
@@ -87,6 +98,22 @@ def check_ratio(ratio) -> float:
     return ratio
 
 
+def check_threshold(threshold, value) -> float | None:
+    """The fixed threshold (a float in (0, 1]) for ``threshold="fixed"``, None for ``"adaptive"``."""
+    if threshold not in THRESHOLD_MODES:
+        raise ValueError(f"threshold must be one of {THRESHOLD_MODES}, got {threshold!r}")
+    if threshold == "adaptive":
+        if value is not None:
+            raise ValueError("threshold_value is only used with threshold='fixed' (adaptive uses ratio)")
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"threshold='fixed' needs threshold_value, an absolute threshold on V in (0, 1], got {value!r}")
+    value = float(value)
+    if not (math.isfinite(value) and 0.0 < value <= 1.0):
+        raise ValueError(f"threshold_value must be in (0, 1] (V = max(R, G, B) lies in [0, 1]), got {value}")
+    return value
+
+
 def check_timesteps(timesteps) -> int:
     if isinstance(timesteps, bool) or not isinstance(timesteps, int):
         raise ValueError(f"timesteps must be an int in 1..{MAX_TIMESTEPS}, got {timesteps!r}")
@@ -98,13 +125,19 @@ def check_timesteps(timesteps) -> int:
 
 
 def parse_order(order: Sequence[int] | str | None, timesteps: int = MAX_TIMESTEPS) -> tuple[int, ...]:
-    """Validate a timestep order: group indices 0..7 or letters 'a'..'h' ("efghabcd"), no repeats.
+    """Validate a timestep order: group indices 0..7 or letters 'a'..'h' ("efghabcd"), no repeats, or
+    one of the authors' numbered presets (an int 0..5 or the string "0".."5", see ORDER_PRESETS).
 
     It must name at least ``timesteps`` groups; only the first ``timesteps`` are used.
     """
     timesteps = check_timesteps(timesteps)
     if order is None:
         order = DEFAULT_ORDER
+    preset = order.strip() if isinstance(order, str) else order
+    if isinstance(preset, str) and preset.isdigit() or isinstance(preset, int) and not isinstance(preset, bool):
+        if int(preset) not in ORDER_PRESETS:
+            raise ValueError(f"order preset {order!r}: the authors' numbered orders are 0..5 ({ORDER_PRESETS})")
+        order = ORDER_PRESETS[int(preset)]
     if isinstance(order, str):
         letters = order.strip().lower().replace(",", "").replace(" ", "")
         bad = [c for c in letters if c not in GROUP_LETTERS]
@@ -231,9 +264,23 @@ def threshold_from_extremes(
     return torch.where(value_range > 0, thr, torch.full_like(thr, math.inf))
 
 
-def intensity_and_threshold(images: torch.Tensor, ratio: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """V = max(R, G, B) in float32 ``[B, H, W]`` and the per-sample threshold ``[B]``."""
+def fixed_threshold(batch: int, value: float, device: torch.device) -> torch.Tensor:
+    """The threshold ``[B]`` float32 of ``threshold="fixed"``: ``float32(value)`` for every image (also a
+    constant one, which fires nothing since all its differences are 0 < value). Shared by both paths."""
+    return torch.full((batch,), value, dtype=torch.float32, device=device)
+
+
+def intensity_and_threshold(
+    images: torch.Tensor, ratio: float, fixed: float | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """V = max(R, G, B) in float32 ``[B, H, W]`` and the per-sample threshold ``[B]`` (adaptive, or the
+    absolute ``fixed`` value when given)."""
     batch = images.shape[0]
+    if fixed is not None:
+        v = images.amax(dim=1).to(torch.float32)
+        if images.dtype == torch.uint8:
+            v.mul_(f32_scalar(U8_SCALE, images.device))
+        return v, fixed_threshold(batch, fixed, images.device)
     if images.dtype == torch.uint8:
         # max commutes with the (monotonic) uint8 -> float scaling: take it on bytes, a third of the
         # traffic, and reduce min/max on bytes too. Bit-identical to working on the float image.

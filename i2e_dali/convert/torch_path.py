@@ -22,9 +22,10 @@ def convert_torch(
     dtype: torch.dtype,
     uniform: bool | None = None,
     out: torch.Tensor | None = None,
+    fixed: float | None = None,
 ) -> torch.Tensor:
     batch, _, height, width = images.shape
-    v, thr = intensity_and_threshold(images, ratio)
+    v, thr = intensity_and_threshold(images, ratio, fixed)  # fixed: absolute threshold (ablation)
     # Border replication == clamping the coordinates of every tap (spec, stage 2).
     vp = F.pad(v.unsqueeze(1), (1, 1, 1, 1), mode="replicate").squeeze(1)
     thr_on = thr.view(batch, 1, 1)

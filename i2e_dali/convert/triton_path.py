@@ -32,7 +32,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .spec import GROUP_SIZES, MAX_TIMESTEPS, MOTION_GROUPS, OUT_DTYPES, U8_SCALE, threshold_from_extremes
+from .spec import GROUP_SIZES, MAX_TIMESTEPS, MOTION_GROUPS, OUT_DTYPES, U8_SCALE, fixed_threshold, threshold_from_extremes
 
 __all__ = ["FusedConfig", "convert_fused", "fused_threshold", "tile_shape"]
 
@@ -320,6 +320,7 @@ def convert_fused(
     dtype: torch.dtype,
     config: FusedConfig | None = None,
     out: torch.Tensor | None = None,
+    fixed: float | None = None,
 ) -> torch.Tensor:
     """I2E events ``[T, B, 2, H, W]`` from ``[B, 3, H, W]`` images in two kernel launches.
 
@@ -329,6 +330,8 @@ def convert_fused(
     Any input strides are accepted (e.g. a channels-last batch viewed as [B, 3, H, W]) without a copy.
     ``config`` overrides the launch shape (tuning only; every shape gives the same events).
     ``out`` is an optional contiguous output buffer (checked by ``i2e_convert``).
+    ``fixed``: an absolute threshold for every image (``threshold="fixed"``) instead of the adaptive one;
+    the min/max pass is then skipped and the kernel reads the same per-image threshold vector.
     """
     config = FusedConfig() if config is None else config
     if not isinstance(images, torch.Tensor) or images.dim() != 4 or images.shape[1] != 3:
@@ -351,11 +354,11 @@ def convert_fused(
     if images.is_cuda:
         # Triton launches on the current device; make it the images' device (multi-GPU processes).
         with torch.cuda.device(images.device):
-            return _launch(images, ratio, order, motions, dtype, config, out)
-    return _launch(images, ratio, order, motions, dtype, config, out)
+            return _launch(images, ratio, order, motions, dtype, config, out, fixed)
+    return _launch(images, ratio, order, motions, dtype, config, out, fixed)
 
 
-def _launch(images, ratio, order, motions, dtype, config, out=None) -> torch.Tensor:
+def _launch(images, ratio, order, motions, dtype, config, out=None, fixed=None) -> torch.Tensor:
     batch, _, height, width = images.shape
     timesteps = len(order)
     # bool output is written as bytes 0/1 and reinterpreted: same storage, no extra pass.
@@ -364,7 +367,7 @@ def _launch(images, ratio, order, motions, dtype, config, out=None) -> torch.Ten
         out = torch.empty((timesteps, batch, 2, height, width), dtype=store_dtype, device=images.device)
     elif dtype == torch.bool:
         out = out.view(torch.uint8)
-    thr = fused_threshold(images, ratio)
+    thr = fused_threshold(images, ratio) if fixed is None else fixed_threshold(batch, fixed, images.device)
     block_h, block_w = tile_shape(height, width, config.tile_pixels)
     tiles_w = triton.cdiv(width, block_w)
     grid = flat_grid(batch, triton.cdiv(height, block_h) * tiles_w)

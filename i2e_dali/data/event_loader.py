@@ -36,6 +36,8 @@ from .sources import CifarSource, ImageFolderSource, UndecodableImageError, dali
 from pipelines import shard_bounds
 
 from ..convert import i2e_convert, parse_order
+from ..convert.spec import check_threshold
+from ..convert.static import static_frames
 from ..placement import DEFAULT_SEED, cores_per_rank, default_shard, resolve_device
 
 __all__ = ["EventLoader", "is_dali_data_error"]
@@ -116,6 +118,14 @@ class EventLoader(LoaderBase):
             (calibration converts one sample many times); the stream contract is the same.
         pipeline_options: further fields of ``FolderPipelineConfig`` / ``CifarPipelineConfig``
             (e.g. ``{"preallocate_width_hint": 0, "dont_use_mmap": True}``).
+        aug: training view, "baseline2" (the paper's default: random-resized-crop, CIFAR pad-4 crop +
+            resize) or "baseline1" (the paper's Baseline-I: the fixed resize view + flip).
+        random_motion: False trains on the canonical motions (the paper's Table 4 "baseline-I").
+        threshold, threshold_value: "adaptive" (ratio x range) or "fixed" with an absolute value.
+        output: "events" (I2E), or the static "rgb" image / its "v" map repeated T times ([T,B,3|1,H,W]).
+        mix: training only: ``mix(images [B,3,H,W] uint8, labels) -> (images, soft_targets | None)``
+            applied to the augmented images BEFORE conversion, on the same stream; the loader then
+            yields ``(events, labels, soft_targets)`` (labels stay the true ones).
     """
 
     def __init__(
@@ -145,7 +155,21 @@ class EventLoader(LoaderBase):
         impl: str = "auto",
         pipeline_options: dict | None = None,
         convert: bool = True,
+        aug: str = "baseline2",
+        random_motion: bool = True,
+        threshold: str = "adaptive",
+        threshold_value: float | None = None,
+        output: str = "events",
+        mix=None,
     ):
+        if aug not in ("baseline1", "baseline2"):
+            raise ValueError(f"aug must be 'baseline1' or 'baseline2', got {aug!r}")
+        if output not in ("events", "rgb", "v"):
+            raise ValueError(f"output must be 'events', 'rgb' or 'v', got {output!r}")
+        self.aug, self.random_motion, self.output = aug, bool(random_motion), output
+        self.threshold, self.threshold_value = threshold, threshold_value
+        check_threshold(threshold, threshold_value)  # fail before DALI starts
+        self.mix = mix if train else None
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
         # folder sources go through the folder graph; in-memory uint8 arrays (kind "cifar": CIFAR, MNIST's
@@ -258,6 +282,7 @@ class EventLoader(LoaderBase):
                 num_threads=self.num_threads, seed=self.seed, shard_id=shard_id, num_shards=num_shards,
                 prefetch_queue_depth=self.prefetch_queue_depth, hw_decoder_load=self.hw_decoder_load,
                 cpu_ops=self.decode == "cpu",
+                train_view="resize" if self.aug == "baseline1" else "random-resized-crop",
             )
             self._apply_options(cfg)
             pipe = build_folder_pipeline([files[i] for i in order], [int(i) for i in order], cfg, checkpoint)
@@ -276,6 +301,7 @@ class EventLoader(LoaderBase):
                 device_id=self._device_id(), num_threads=self.num_threads, seed=self.seed,
                 shard_id=self.shard_id, num_shards=self.num_shards,
                 prefetch_queue_depth=self.prefetch_queue_depth, cpu_ops=self.decode == "cpu",
+                **({"pad": 0} if self.aug == "baseline1" else {}),  # Baseline-I: resize + flip only
             )
             self._apply_options(cfg)
             pipe = build_cifar_pipeline(feed, cfg, checkpoint)
@@ -372,13 +398,21 @@ class EventLoader(LoaderBase):
             ids = ids.to(self.device, non_blocking=True)
         ids = ids.reshape(-1).to(torch.int64)
         events = images
-        if self.convert:
-            events = i2e_convert(
-                images, ratio=self.ratio, timesteps=self.timesteps, order=self.order, train=self.train,
-                per_sample=self.per_sample, generator=self._generator, dtype=self.dtype, impl=self.impl,
-                validate=False,
-            )
         labels = self._labels[ids]
+        soft = None
+        if self.mix is not None:  # mixing on the images, before conversion (see training/mixing.py)
+            images, soft = self.mix(images, labels)  # uint8 in; float 0..1 out where it mixed
+        if self.convert and self.output != "events":
+            events = static_frames(images, kind=self.output, timesteps=len(self.order), dtype=self.dtype)
+        elif self.convert:
+            events = i2e_convert(
+                images, ratio=self.ratio, timesteps=self.timesteps, order=self.order,
+                train=self.train and self.random_motion, per_sample=self.per_sample, generator=self._generator,
+                dtype=self.dtype, impl=self.impl, validate=False, threshold=self.threshold,
+                threshold_value=self.threshold_value,
+            )
+        if self.mix is not None:
+            return events, labels, soft
         if self.with_index:
             return events, labels, ids
         return events, labels
