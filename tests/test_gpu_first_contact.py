@@ -299,3 +299,119 @@ def test_uint8_extremes_reduce_exactly_under_the_interpreter(interpreted):
     images[1, 1, 0, 0] = 1
     _, ref = intensity_and_threshold(images, 0.12)
     assert torch.equal(interpreted.fused_threshold(images, 0.12), ref)
+
+
+# --------------------------------------------------------------------------------------------------
+# on a GPU: what only the hardware can settle (numbers go to the proof's JUnit XML as properties)
+# --------------------------------------------------------------------------------------------------
+def _decode(files, *, device_id=None, **decoder_kw) -> list[np.ndarray]:
+    """Full-image RGB decode (HWC uint8) with a DALI pipeline built here."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=len(files), num_threads=2, device_id=device_id)
+    def pipe():
+        enc, _ = fn.readers.file(files=[str(f) for f in files])
+        return fn.decoders.image(enc, device="mixed" if device_id is not None else "cpu", output_type=types.RGB,
+                                 **decoder_kw)
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    out = out.as_cpu() if device_id is not None else out
+    return [np.array(out[i]) for i in range(len(files))]
+
+
+def _pixel_diff(a: list[np.ndarray], b: list[np.ndarray]) -> dict:
+    d = np.concatenate([np.abs(x.astype(np.int16) - y.astype(np.int16)).ravel() for x, y in zip(a, b)])
+    return {"mean": float(d.mean()), "p99": float(np.percentile(d, 99)), "max": int(d.max()),
+            "share_equal": float((d == 0).mean())}
+
+
+@pytest.mark.gpu
+def test_gpu_and_cpu_decoding_agree(official_samples, record_property):
+    from PIL import Image
+
+    files = sorted(official_samples.glob("*_rgb.jpg"))[:24]
+    cpu = _decode(files)
+    pil = [np.asarray(Image.open(f).convert("RGB")) for f in files]
+    diffs = {"dali_cpu_vs_pil": _pixel_diff(cpu, pil)}
+    for name, kw in {"mixed_fancy_cuda": dict(jpeg_fancy_upsampling=True, hw_decoder_load=0.0),
+                     "mixed_fancy_hw": dict(jpeg_fancy_upsampling=True, hw_decoder_load=1.0),
+                     "mixed_default_cuda": dict(jpeg_fancy_upsampling=False, hw_decoder_load=0.0)}.items():
+        diffs[f"{name}_vs_dali_cpu"] = _pixel_diff(_decode(files, device_id=0, **kw), cpu)
+    for key, value in diffs.items():
+        record_property(key, value)
+        print(key, value)
+    fancy = diffs["mixed_fancy_cuda_vs_dali_cpu"]
+    assert fancy["mean"] <= diffs["mixed_default_cuda_vs_dali_cpu"]["mean"]  # fancy upsampling brings them closer
+    assert fancy["mean"] < 1.0 and fancy["p99"] <= 4, fancy  # IDCT rounding only, not a different image
+
+
+@pytest.mark.gpu
+def test_gpu_uint8_extremes_reduce_exactly():
+    from i2e_dali.convert import intensity_and_threshold
+    from i2e_dali.convert.triton_path import fused_threshold
+
+    gen = torch.Generator().manual_seed(5)
+    images = torch.randint(0, 256, (9, 3, 67, 131), dtype=torch.uint8, generator=gen)
+    images[0] = 0
+    images[0, 1, 66, 130] = 255                  # the only bright pixel, in the last chunk's tail
+    images[1] = 128
+    images[1, 2, 0, 0] = 127                     # around the signed-byte boundary
+    images[2] = 255                              # constant: infinite threshold
+    images = images.cuda()
+    _, ref = intensity_and_threshold(images, 0.12)
+    assert torch.equal(fused_threshold(images, 0.12), ref)
+
+
+@pytest.mark.gpu
+def test_gpu_huge_image_converts():
+    """72 megapixels: 70,313 tiles of 1024 pixels, past the 65,535 the old axis-1 grid allowed."""
+    images = torch.randint(0, 256, (1, 3, 6000, 12000), dtype=torch.uint8, device="cuda")
+    kw = dict(ratio=0.12, timesteps=2, order=(0, 4), dtype=torch.bool, train=False, validate=False)
+    assert torch.equal(i2e_convert(images, impl="triton", **kw), i2e_convert(images, impl="torch", **kw))
+
+
+@pytest.mark.gpu
+def test_gpu_lif_kernel_under_bf16(record_property):
+    """Which LIF implementation spikingjelly runs for the trainer's step (bf16 autocast, bf16 events,
+    float32 membrane), from its own selection and from the kernels the profiler saw."""
+    from spikingjelly.activation_based import functional
+    from spikingjelly.activation_based.functional.neuron import neuron_implementation
+
+    from i2e_dali.models import build_model
+
+    device = torch.device("cuda")
+    model = build_model("msresnet18", 10, width=16).to(device).to(memory_format=torch.channels_last)
+    events = (torch.rand(4, 8, 2, 64, 64, device=device) < 0.2).to(torch.bfloat16)
+    labels = torch.randint(0, 10, (8,), device=device)
+    chosen = neuron_implementation("lif", device)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            loss = torch.nn.functional.cross_entropy(model(events).float(), labels)
+        loss.backward()
+        torch.cuda.synchronize()
+    membranes = {str(m.v.dtype) for m in model.modules() if hasattr(m, "v") and torch.is_tensor(m.v)}
+    functional.reset_net(model)
+    kernels = sorted({e.key for e in prof.key_averages() if "lif" in e.key.lower() or "sj_" in e.key.lower()})
+    record_property("lif_selection", chosen)
+    record_property("lif_kernels", kernels[:20])
+    record_property("membrane_dtypes", sorted(membranes))
+    print("spikingjelly LIF:", chosen, "kernels:", kernels[:20], "membrane:", membranes)
+    assert torch.isfinite(loss)
+    assert membranes == {"torch.float32"}, membranes
+    assert chosen["implementation"] in ("triton", "cuda"), chosen  # a fused kernel, not the torch reference
+
+
+@pytest.mark.gpu
+def test_gpu_bench_convert_checks_conv_in_fp32(tmp_path):
+    from i2e_dali.tools.bench import build_parser
+    from i2e_dali.tools.bench.convert import run_convert
+
+    args = build_parser().parse_args(["convert", "--device", "cuda", "--sizes", "224", "--batch-sizes", "16",
+                                      "--dtypes", "float16", "--repeats", "3", "--warmup", "1",
+                                      "--json", str(tmp_path / "c.json")])
+    record = run_convert(args)
+    fused = [r for r in record["results"] if r["impl"] == "fused"]
+    assert fused and all(r["mismatched_events"] == 0 for r in fused)
+    assert all(r["mismatched_events"] is not None for r in record["results"] if r["impl"] == "conv")

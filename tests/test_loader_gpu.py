@@ -10,7 +10,7 @@ import torch
 from i2e_dali.data.sources import CifarSource, ImageFolderSource
 from i2e_dali.convert import i2e_convert
 from i2e_dali.data.event_loader import EventLoader
-from loader_data import dali_pixels, make_folder, write_cifar
+from loader_data import make_folder, write_cifar
 
 pytestmark = pytest.mark.gpu
 
@@ -25,14 +25,38 @@ def photos(official_samples, tmp_path_factory):
     return ImageFolderSource(root)
 
 
+def _gpu_crop_pixels(files) -> np.ndarray:
+    """The loader's evaluation view decoded here by the CUDA JPEG decoder alone (hw_decoder_load=0, fancy
+    upsampling as the loader sets it): with the hardware decoder in play, which image goes to which
+    engine depends on the batch's composition, and the two engines' pixels may differ."""
+    from nvidia.dali import fn, pipeline_def, types
+
+    @pipeline_def(batch_size=len(files), num_threads=2, device_id=0)
+    def pipe():
+        enc, _ = fn.readers.file(files=[str(f) for f in files])
+        img = fn.decoders.image(enc, device="mixed", output_type=types.RGB, hw_decoder_load=0.0,
+                                jpeg_fancy_upsampling=True)
+        img = fn.resize(img, resize_shorter=256, interp_type=types.INTERP_LINEAR, antialias=True)
+        return fn.crop_mirror_normalize(img, crop=(224, 224), crop_pos_x=0.5, crop_pos_y=0.5, dtype=types.UINT8,
+                                        output_layout="CHW")
+
+    p = pipe()
+    p.build()
+    (out,) = p.run()
+    out = out.as_cpu()
+    return np.stack([np.array(out[i]) for i in range(len(files))])
+
+
 def test_gpu_eval_events_equal_conversion_of_gpu_decoded_pixels(photos):
-    loader = EventLoader(photos, 6, train=False, device="cuda", with_index=True, num_threads=2)
+    # Deterministic on both sides: the CUDA decoder only (hw_decoder_load=0), the loader's batches of 6
+    # (6, 6, 4) compared file by file with the same files decoded as one batch here.
+    loader = EventLoader(photos, 6, train=False, device="cuda", with_index=True, num_threads=2, hw_decoder_load=0.0)
     assert loader.decode == "gpu"
     seen = []
     for events, labels, idx in loader:
         assert events.is_cuda and labels.is_cuda and idx.is_cuda
         files = [photos.samples[i][0] for i in idx.tolist()]
-        pix = np.stack(dali_pixels(files, view="crop", crop=224, resize=256, device_id=0))
+        pix = _gpu_crop_pixels(files)
         ref = i2e_convert(torch.from_numpy(pix).cuda(), ratio=0.12, train=False, impl="torch")
         assert torch.equal(events, ref)
         seen += idx.tolist()
