@@ -11,7 +11,9 @@ from typing import Any
 
 from ..errors import TrainError
 from ..zoo import arch_names, describe_archs, native_width, resolve_arch
+from ..convert.spec import parse_order
 from ..placement import DEFAULT_SEED
+from .options import RecordingParser, add_experiment_options, apply_recipe, check_experiment_options
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "PRESETS", "build_parser", "resolve_config"]
 
@@ -50,7 +52,7 @@ class _ListArchs(argparse.Action):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = RecordingParser(  # remembers the flags given, which win over a --recipe
         prog="train_dali.py",
         description="Train MS-ResNet SNNs on I2E event streams made on the fly by DALI (or on event data sets). "
         "With no --data: a small embedded demo that trains in minutes on a CPU.",
@@ -69,7 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("-T", "--timesteps", type=int, default=None, help="I2E timesteps T (1..8; default 8)")
     g.add_argument("--ratio", type=float, default=None,
                    help="I2E threshold ratio (default: the data set's, 0.12 ImageNet / 0.07 CIFAR)")
-    g.add_argument("--order", type=str, default=None, help="I2E timestep order, e.g. efghabcd (default)")
+    g.add_argument("--order", type=str, default=None,
+                   help="I2E timestep order: letters (efghabcd, the default) or the authors' numbered presets "
+                        "0..5 (their --shuffle: 0 abcdefgh, 1 abefghcd, 2 cdabefgh, 3 cdefghab, 4 efghabcd, "
+                        "5 efghcdab)")
     g.add_argument("--batch-motions", action="store_true",
                    help="draw one random motion per group for the whole batch (the authors' reference) "
                         "instead of per sample")
@@ -138,11 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--log-every", type=int, default=20, help="progress/TensorBoard update interval in steps")
     g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false")
     g.add_argument("--no-progress", dest="progress", action="store_false", help="no tqdm bars")
+    add_experiment_options(p)
     return p
 
 
 def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
-    """Fill what the user left unset: data set defaults, then the preset; check ranges."""
+    """Fill what the user left unset: the --recipe's settings, data set defaults, then the preset; check ranges."""
+    apply_recipe(args)
     if args.dataset is None:
         args.dataset = "demo" if args.data is None else "imagenet"
     if args.dataset == "demo" and args.data is not None:
@@ -189,6 +196,14 @@ def resolve_config(args: argparse.Namespace) -> argparse.Namespace:
             raise TrainError(f"{flag} has an invalid value: {getattr(args, flag.lstrip('-').replace('-', '_'))}")
     if args.stop_after_epoch is not None and not 1 <= args.stop_after_epoch <= args.epochs:
         raise TrainError(f"--stop-after-epoch must be in 1..--epochs ({args.epochs}), got {args.stop_after_epoch}")
+    check_experiment_options(args)
+    if args.order is not None:
+        try:
+            parse_order(args.order, args.timesteps)
+        except ValueError as e:
+            raise TrainError(f"--order: {e}") from None
+    if args.output_dir is None and getattr(args, "recipe", None):
+        args.output_dir = str(Path("runs") / args.recipe)
     if args.output_dir is None:
         safe_arch = "".join(c if c.isalnum() or c in "-_" else "_" for c in args.arch)
         args.output_dir = str(Path("runs") / f"{args.dataset}-{safe_arch}")

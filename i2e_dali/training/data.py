@@ -80,10 +80,19 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
         seed=args.seed,
         num_threads=args.workers,
         **_size_kwargs(args.size, kind),
+        **_experiment_kwargs(args),
     )
     val = EventLoader(open_source(root, "val", kind), args.batch_size, train=False, **common)
     train = EventLoader(open_source(root, "train", kind), args.batch_size, train=True, **common) if need_train else None
     return train, val
+
+
+def _experiment_kwargs(args) -> dict:
+    """The paper's experiment options the live loader takes (training/options.py defines the flags)."""
+    fixed = getattr(args, "fixed_threshold", None)
+    return dict(aug=getattr(args, "aug", "baseline2"), random_motion=getattr(args, "random_motion", True),
+                threshold="adaptive" if fixed is None else "fixed", threshold_value=fixed,
+                output=getattr(args, "input", "events"))
 
 
 def _size_kwargs(size: int | None, kind: str) -> dict:

@@ -46,21 +46,29 @@ def make_train_step(
     label_smoothing: float = 0.1,
     channels_last: bool = False,
 ) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
-    """The one training step: ``step(events [T,B,2,H,W], labels [B]) -> loss`` (detached, on the device).
+    """The one training step: ``step(events [T,B,2,H,W], labels [B], soft=None) -> loss`` (detached, on the
+    device). ``soft`` ([B, classes], CutMix/MixUp targets) replaces the labels in the loss when given; the
+    labels stay the true ones and ``step.hits`` (a device counter, no sync) adds the batch's top-1 hits
+    against them, which the trainer reports as the training accuracy.
 
     Forward under autocast (``amp_dtype`` None = full precision), label-smoothed cross-entropy,
     backward (through ``scaler`` for fp16), optimiser step, then the SNN state reset — also when the
     step fails, so the next batch never sees stale membrane potentials. No host sync inside.
     """
 
-    def step(events: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def step(events: torch.Tensor, labels: torch.Tensor, soft: torch.Tensor | None = None) -> torch.Tensor:
         if channels_last:
             events = _to_channels_last(events)
         optimizer.zero_grad(set_to_none=True)
         try:
             with torch.autocast(events.device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
                 logits = model(events)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=label_smoothing)
+            # the authors' criterion: label smoothing applies to mixed soft targets as well
+            loss = F.cross_entropy(logits.float(), labels if soft is None else soft, label_smoothing=label_smoothing)
+            with torch.no_grad():
+                if step.hits is None or step.hits.device != logits.device:
+                    step.hits = torch.zeros((), dtype=torch.int64, device=logits.device)
+                step.hits += logits.argmax(dim=1).eq(labels).sum()
             if scaler is not None:
                 scaler.scale(loss).backward()
                 scaler.step(optimizer)
@@ -72,6 +80,7 @@ def make_train_step(
             functional.reset_net(model)
         return loss.detach()
 
+    step.hits = None
     return step
 
 
@@ -187,12 +196,26 @@ class Trainer:
         self._loader_restored = False  # the loader's own state was restored (it continues mid-epoch)
         self._epoch_loss_sum = 0.0  # this rank's loss sum / steps of the current epoch, kept across a resume
         self._epoch_steps = 0
+        self._epoch_hits = 0  # this rank's top-1 hits on the true labels, same life as the loss sum
+        # --mixup: on the images before conversion where the loader converts (EventLoader.mix), else on the
+        # frames here; --t-train K: K random timesteps per batch (training/mixing.py)
+        self.t_train = int(getattr(args, "t_train", 0) or 0)
+        self.mixer = None
+        self._mix_frames = False
+        if getattr(args, "mixup", False):
+            from .mixing import BatchMixer
+
+            self.mixer = BatchMixer(train_loader.num_classes)
+            if hasattr(train_loader, "mix"):
+                train_loader.mix = self.mixer
+            else:
+                self._mix_frames = True
 
     # ---------------------------------------------------------------------------------------------
     def checkpoint_state(self) -> dict | None:
         """The checkpoint dict on rank 0 (None elsewhere). Collective under DDP."""
         per_rank = {"rng": rng_state(self.rt.device), "epoch_loss_sum": float(self._epoch_loss_sum),
-                    "epoch_steps": int(self._epoch_steps)}
+                    "epoch_steps": int(self._epoch_steps), "epoch_hits": int(self._epoch_hits)}
         if hasattr(self.train_loader, "state_dict"):
             per_rank["loader"] = self.train_loader.state_dict()
         ranks = gather(per_rank, self.rt)
@@ -246,6 +269,7 @@ class Trainer:
             if self.state.step_in_epoch:
                 self._epoch_loss_sum = float(mine.get("epoch_loss_sum", 0.0))
                 self._epoch_steps = int(mine.get("epoch_steps", 0))
+                self._epoch_hits = int(mine.get("epoch_hits", 0))
             if "loader" in mine and hasattr(self.train_loader, "load_state_dict"):
                 self.train_loader.load_state_dict(mine["loader"])
                 self._loader_restored = True
@@ -267,6 +291,10 @@ class Trainer:
         args, rt, s = self.args, self.rt, self.state
         model, loader = self.model, self.train_loader
         model.train()
+        if self.mixer is not None:
+            from .mixing import mixing_active
+
+            self.mixer.active = mixing_active(s.epoch, args.epochs)
         n = self.steps_per_epoch
         start = s.step_in_epoch
         # batches this pass of the loader will yield: a loader restored mid-epoch yields the rest of that
@@ -285,6 +313,9 @@ class Trainer:
         bar = tqdm(total=n, initial=start, desc=f"epoch {s.epoch + 1}/{args.epochs}", unit="batch",
                    disable=not (rt.is_main and args.progress), dynamic_ncols=True, leave=False)
         loss_sum = torch.full((), self._epoch_loss_sum, dtype=torch.float64, device=rt.device)
+        hits = getattr(self.step_fn, "hits", None)
+        if hasattr(self.step_fn, "hits"):
+            self.step_fn.hits = hits = torch.full((), self._epoch_hits, dtype=torch.int64, device=rt.device)
         prior_steps = self._epoch_steps  # steps of this epoch done before a resume
         steps = 0
         wait_s = compute_s = 0.0
@@ -295,14 +326,22 @@ class Trainer:
         try:
             for i in range(start, n):
                 try:
-                    events, labels = next(it)
+                    batch = next(it)
                     consumed += 1
                 except StopIteration:
                     raise TrainError(
                         f"the training loader ended after {i} of {n} batches; its len() does not match what it yields"
                     ) from None
                 t_data = time.perf_counter()
-                loss = self.step_fn(events, labels)
+                events, labels = batch[0], batch[1]
+                soft = batch[2] if self.mixer is not None and not self._mix_frames else None
+                if self._mix_frames:
+                    events, soft = self.mixer.mix_frames(events, labels)
+                if self.t_train:
+                    from .mixing import temporal_subset
+
+                    events = temporal_subset(events, self.t_train)
+                loss = self.step_fn(events, labels) if soft is None else self.step_fn(events, labels, soft)
                 self.scheduler.step()
                 loss_sum += loss.double()
                 steps += 1
@@ -334,6 +373,7 @@ class Trainer:
                     win_steps = 0
                 if args.ckpt_every and s.global_step % args.ckpt_every == 0 and i + 1 < n:
                     self._epoch_loss_sum, self._epoch_steps = loss_sum.item(), prior_steps + steps
+                    self._epoch_hits = int(self.step_fn.hits.item()) if hits is not None else 0
                     self.save("last.pt")
                     t_prev = time.perf_counter()  # checkpoint time is neither data wait nor compute
         finally:
@@ -349,10 +389,15 @@ class Trainer:
             for _ in it:
                 raise TrainError(f"the training loader yields more batches than its len() ({len(loader)})")
         elapsed = time.perf_counter() - t_start
+        hits = getattr(self.step_fn, "hits", None)
         if rt.distributed:
             dist.all_reduce(loss_sum)
+            if hits is not None:
+                dist.all_reduce(hits)
         mean_loss = loss_sum.item() / max((prior_steps + steps) * rt.world_size, 1)
-        self._epoch_loss_sum, self._epoch_steps = 0.0, 0
+        seen = max((prior_steps + steps) * rt.world_size * args.batch_size, 1)
+        train_top1 = 100.0 * hits.item() / seen if hits is not None else float("nan")
+        self._epoch_loss_sum, self._epoch_steps, self._epoch_hits = 0.0, 0, 0
         return {
             "loss": mean_loss,
             "steps": steps,
@@ -361,6 +406,8 @@ class Trainer:
             "compute_s": compute_s,
             "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9),
             "lr": self.optimizer.param_groups[0]["lr"],
+            "top1": train_top1,  # on the true labels (also while CutMix/MixUp mix the loss's targets)
+            "mixing": bool(self.mixer is not None and self.mixer.active),
         }
 
     def fit(self) -> dict | None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
 import os
 import sys
 from pathlib import Path
@@ -22,11 +21,13 @@ from torch import nn
 
 from ..errors import CheckpointError, I2EError, TrainError
 from ..fsio import atomic_write_text
+from ..convert.static import input_channels
 from ..zoo import build_any
 from .checkpoint import check_compatible, clean_stale_temps, load_checkpoint, load_pretrained, load_state_into, plain_config
 from .config import build_parser, resolve_config
 from .data import build_loaders
 from .engine import Trainer, build_optimizer, evaluate
+from .schedule import build_scheduler, check_schedule, stretch_cosine
 from .runtime import configure_cpu_threads, init_runtime, resolve_amp, seed_everything, setup_logging
 
 __all__ = ["run", "main"]
@@ -69,7 +70,8 @@ def run(args: argparse.Namespace) -> dict | None:
             raise TrainError(f"train has {train_loader.num_classes} classes but val has {num_classes}")
 
         model = build_any(args.arch, num_classes, width=args.width, zero_init_residual=args.zero_init_residual,
-                          size=args.size, timesteps=args.timesteps)
+                          size=args.size, timesteps=args.timesteps,
+                          in_channels=input_channels(getattr(args, "input", "events")))  # --input rgb|v: 3|1
         seed_everything(args.seed + rt.rank)  # per-rank streams from here on
 
         resume_path = None
@@ -125,9 +127,13 @@ def run(args: argparse.Namespace) -> dict | None:
             raise TrainError("the training set gives no full batch: lower --batch-size")
         optimizer = build_optimizer(model, lr=args.lr, momentum=args.momentum, weight_decay=args.weight_decay,
                                     device=rt.device)
-        # cosine over every step of the whole run (smooth also for short runs), floor --lr-min
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=args.epochs * steps_per_epoch,
-                                                               eta_min=args.lr_min)
+        # stepped every step (smooth also for short runs): --sched cosine to --lr-min, or step decay; an
+        # optional linear warm-up first (training/schedule.py)
+        scheduler = build_scheduler(
+            optimizer, sched=getattr(args, "sched", "cosine"), epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+            lr=args.lr, lr_min=args.lr_min, warmup_epochs=getattr(args, "warmup_epochs", 0),
+            warmup_lr=getattr(args, "warmup_lr", 0.0), decay_epochs=getattr(args, "decay_epochs", 30),
+            decay_rate=getattr(args, "decay_rate", 0.1))
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
         ddp_model: nn.Module = model
@@ -146,16 +152,13 @@ def run(args: argparse.Namespace) -> dict | None:
                     f"{steps_per_epoch} (different --batch-size, data or process count); the schedule would not "
                     "continue. Resume with the same settings, or use --pretrained."
                 )
+            check_schedule(ckpt.get("config") or {}, args, str(resume_path))
             trainer.restore(ckpt, str(resume_path))
             saved_epochs = (ckpt.get("config") or {}).get("epochs")
-            if saved_epochs != args.epochs:
+            if saved_epochs != args.epochs and stretch_cosine(scheduler, optimizer, epochs=args.epochs,
+                                                              steps_per_epoch=steps_per_epoch, lr_min=args.lr_min):
                 # a longer (or shorter) run than planned: continue on the cosine of an --epochs run, as if it
                 # had been planned so from the start (the lr may rise again after a finished run)
-                scheduler.T_max = args.epochs * steps_per_epoch
-                t = min(scheduler.last_epoch, scheduler.T_max)
-                for group, base in zip(optimizer.param_groups, scheduler.base_lrs):
-                    group["lr"] = args.lr_min + (base - args.lr_min) * (1 + math.cos(math.pi * t / scheduler.T_max)) / 2
-                scheduler._last_lr = [g["lr"] for g in optimizer.param_groups]
                 log.warning("--epochs %d differs from the checkpoint's %s: the cosine schedule now spans %d epochs "
                             "(lr %.3g at this point)", args.epochs, saved_epochs, args.epochs,
                             optimizer.param_groups[0]["lr"])
