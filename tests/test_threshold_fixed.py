@@ -3,6 +3,8 @@ image, in the torch path and in the fused kernel (interpreted), against an indep
 plus the authors' numbered timestep orders and the static-frame inputs (Table 6)."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -135,3 +137,52 @@ def test_static_frames_rgb_and_v():
         assert np.array_equal(rgb[t].numpy(), ref)
         assert np.array_equal(v[t, :, 0].numpy(), ref.max(axis=1))
     assert (input_channels("events"), input_channels("rgb"), input_channels("v")) == (2, 3, 1)
+
+
+# ------------------------------------------------------------------------------------------------
+# --fixed-threshold on export and viz
+# ------------------------------------------------------------------------------------------------
+def test_viz_fixed_threshold(tmp_path):
+    from PIL import Image
+
+    from i2e_dali.tools import viz
+
+    rng = np.random.default_rng(0)
+    img = (rng.random((20, 24, 3)) * 120).astype(np.uint8)  # low contrast
+    Image.fromarray(img).save(tmp_path / "x.png")
+    args = viz._parse_args([str(tmp_path / "x.png"), "--out", str(tmp_path / "x.gif"), "--fixed-threshold", "0.2"])
+    _, _, events = viz.run(args)
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]
+    want = i2e_convert(x, threshold="fixed", threshold_value=0.2, dtype=torch.bool)[:, 0].numpy()
+    assert np.array_equal(events, want)
+    adaptive = i2e_convert(x, ratio=0.12, dtype=torch.bool)[:, 0].numpy()
+    assert not np.array_equal(events, adaptive)
+    assert np.array_equal(viz.gif_to_events(tmp_path / "x.gif"), events)
+
+
+def test_export_fixed_threshold_round_trip(tmp_path):
+    import json
+
+    from loader_data import make_folder
+
+    from i2e_dali.data.event_loader import EventLoader
+    from i2e_dali.data.npz import load_events
+    from i2e_dali.data.sources import ImageFolderSource
+    from i2e_dali.tools.export import ExportConfig, ExportError, export
+
+    data = tmp_path / "data"
+    make_folder(data / "val", {"a": 2, "b": 2}, seed=4)
+    out = tmp_path / "out"
+    cfg = dict(data=data, out=out, splits=("val",), batch_size=4, workers=1, dali_threads=1, device="cpu",
+               progress=False, size=32, view="resize")
+    export(ExportConfig(**cfg, fixed_threshold=0.05))
+    src = ImageFolderSource(data / "val")
+    loader = EventLoader(src, 4, train=False, with_index=True, eval_view="resize", dtype=torch.bool, device="cpu",
+                         num_threads=1, crop_size=32, threshold="fixed", threshold_value=0.05)
+    live = {int(i): ev[:, b].numpy() for ev, _, idx in loader for b, i in enumerate(idx)}
+    for i, (path, _) in enumerate(src.samples):
+        rel = Path(path).relative_to(src.root).with_suffix(".npz")
+        assert np.array_equal(load_events(out / "val" / rel), live[i])
+    assert json.loads((out / "val" / "i2e_meta.json").read_text())["fixed_threshold"] == 0.05
+    with pytest.raises(ExportError, match="fixed_threshold"):  # resuming with another threshold is refused
+        export(ExportConfig(**cfg))

@@ -56,6 +56,7 @@ class ExportConfig:
     dataset: str = "imagenet"
     splits: tuple[str, ...] = ("train", "val")
     ratio: float | None = None  # None: the source's default (0.12 ImageNet, 0.07 CIFAR)
+    fixed_threshold: float | None = None  # the paper's Table 4 ablation: one absolute threshold (ratio unused)
     timesteps: int = 8
     order: str | None = None
     view: str = "auto"  # ImageNet: auto = the authors' (train: resize, val: crop)
@@ -208,7 +209,7 @@ def _write_meta(out_split: Path, meta: dict) -> None:
         except (OSError, json.JSONDecodeError):
             old = None
         if old is not None:
-            keys = ("format", "ratio", "timesteps", "order", "view", "height", "width", "dataset")
+            keys = ("format", "ratio", "timesteps", "order", "view", "height", "width", "dataset", "fixed_threshold")
             diff = {k: (old.get(k), meta.get(k)) for k in keys if old.get(k) != meta.get(k)}
             if diff:
                 raise ExportError(
@@ -256,7 +257,8 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
         export_dist.barrier()
         settings = {"format": "parquet", "dataset": cfg.dataset, "ratio": ratio, "timesteps": cfg.timesteps,
                     "order": cfg.order, "view": "resize" if _is_cifar(source) else view, "interp": cfg.interp or "linear",
-                    "height": size[0], "width": size[1], "split": split, "samples": len(source.samples)}
+                    "height": size[0], "width": size[1], "split": split, "samples": len(source.samples),
+                    "fixed_threshold": cfg.fixed_threshold}
         return write_split(cfg, split, source, settings=settings, frame_shape=frame_shape, summary=summary,
                            make_loader=lambda sub, batch: _loader(cfg, sub, batch, view, ratio, size),
                            source_bytes=_source_bytes, rank=rank, world=world)
@@ -267,7 +269,7 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
         "order": cfg.order, "view": "resize" if _is_cifar(source) else view, "height": size[0], "width": size[1],
         "classes": list(source.classes), "samples": len(source.samples), "source": str(Path(cfg.data).resolve()),
         "columns": "t,p,x,y (p=1 ON, 0 OFF)" if cfg.format == "sparse" else "arr_0 bool [T,2,H,W], channel 0 ON",
-        "interp": cfg.interp or "linear",
+        "interp": cfg.interp or "linear", "fixed_threshold": cfg.fixed_threshold,
         })
     for c in {t.parent for t in targets}:
         c.mkdir(parents=True, exist_ok=True)
@@ -353,6 +355,7 @@ def _loader(cfg: ExportConfig, sub, batch: int, view: str, ratio: float, size: t
         ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, device=cfg.device,
         num_threads=cfg.dali_threads, shard_id=0, num_shards=1,
         pipeline_options={"interp": cfg.interp or "linear"}, **sizes,
+        threshold="adaptive" if cfg.fixed_threshold is None else "fixed", threshold_value=cfg.fixed_threshold,
     )
 
 
@@ -432,6 +435,8 @@ def _parse_args(argv):
     p.add_argument("--dataset", choices=SOURCE_KINDS, default=None, help="source kind (default imagenet, or the preset's)")
     p.add_argument("--split", choices=("train", "val", "both"), default="both")
     p.add_argument("--ratio", type=float, default=None, help="threshold ratio (default 0.12 ImageNet, 0.07 CIFAR)")
+    p.add_argument("--fixed-threshold", type=float, default=None, metavar="X",
+                   help="ablation: one absolute threshold X on V in (0, 1] for every image instead of ratio x range")
     p.add_argument("--timesteps", type=int, default=8)
     p.add_argument("--order", default=None, help="group order (default efghabcd)")
     p.add_argument("--view", choices=("auto", "crop", "resize"), default="auto",
@@ -455,7 +460,8 @@ def main(argv=None) -> int:
     cfg = ExportConfig(
         data=args.data, out=args.out, format=args.format, dataset=args.dataset,
         splits=("train", "val") if args.split == "both" else (args.split,),
-        ratio=args.ratio, timesteps=args.timesteps, order=args.order, view=args.view,
+        ratio=args.ratio, fixed_threshold=args.fixed_threshold, timesteps=args.timesteps, order=args.order,
+        view=args.view,
         batch_size=args.batch_size, workers=args.workers, dali_threads=args.dali_threads,
         device=args.device, verify=args.verify, level=args.compression_level, progress=False if args.no_progress else None,
         preset=args.preset, size=args.size, interp=args.interp, rows_per_shard=args.rows_per_shard,

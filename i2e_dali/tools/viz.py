@@ -165,12 +165,15 @@ def image_to_events(
     ratio: float = 0.12,
     timesteps: int = 8,
     order=None,
+    fixed_threshold: float | None = None,
 ) -> np.ndarray:
-    """One RGB image (PIL or HxWx3 uint8) -> bool events ``[T, 2, H, W]`` (evaluation mode)."""
+    """One RGB image (PIL or HxWx3 uint8) -> bool events ``[T, 2, H, W]`` (evaluation mode); with
+    ``fixed_threshold`` one absolute threshold on V (the paper's ablation) instead of ratio x range."""
     if isinstance(image, Image.Image):
         image = np.asarray(image.convert("RGB"))
     x = torch.from_numpy(np.array(image, dtype=np.uint8, copy=True)).permute(2, 0, 1)[None]
-    ev = i2e_convert(x, ratio=ratio, timesteps=timesteps, order=order, train=False, dtype=torch.bool)
+    ev = i2e_convert(x, ratio=ratio, timesteps=timesteps, order=order, train=False, dtype=torch.bool,
+                     threshold="adaptive" if fixed_threshold is None else "fixed", threshold_value=fixed_threshold)
     return ev[:, 0].numpy()
 
 
@@ -198,6 +201,8 @@ def _parse_args(argv):
     p.add_argument("--sheet", type=Path, default=None, help="PNG contact sheet (default: the GIF's name with .png)")
     p.add_argument("--no-sheet", action="store_true", help="write only the GIF")
     p.add_argument("--ratio", type=float, default=0.12, help="threshold ratio (0.12 ImageNet, 0.07 CIFAR@128)")
+    p.add_argument("--fixed-threshold", type=float, default=None, metavar="X",
+                   help="ablation: one absolute threshold X on V in (0, 1] instead of ratio x the image's range")
     p.add_argument("--timesteps", type=int, default=None, help="T (images: default 8; npz: first T frames)")
     p.add_argument("--order", default=None, help="group order, e.g. efghabcd (the default)")
     p.add_argument("--size", type=int, default=None,
@@ -227,7 +232,8 @@ def run(args) -> tuple[Path, Path | None, np.ndarray]:
             events = events[: args.timesteps]
     elif src.suffix.lower() in IMAGE_SUFFIXES or src.suffix == "" or src.is_file():
         image = _load_image(src, args.size)
-        events = image_to_events(image, ratio=args.ratio, timesteps=args.timesteps or 8, order=args.order)
+        events = image_to_events(image, ratio=args.ratio, timesteps=args.timesteps or 8, order=args.order,
+                                 fixed_threshold=getattr(args, "fixed_threshold", None))
     else:
         raise ValueError(f"{src}: give an image or an .npz file")
     write_gif(events, out, duration_ms=args.duration)
