@@ -53,6 +53,7 @@ __all__ = [
 ]
 
 HEADER_BYTES = 8  # 4 x uint16 (T, C, H, W), little-endian
+_MAX_CLASSES = 1 << 20  # a label beyond this is damage, not a class (and would make a huge class list)
 _NPY_MAGIC = b"\x93NUMPY"
 # our split name -> the hub's file/folder names for it, in order of preference
 SPLIT_NAMES = {"train": ("train",), "val": ("validation", "valid", "val", "test")}
@@ -99,8 +100,9 @@ def _payload(data, where: str) -> memoryview:
             shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
         else:
             shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
-    except (ValueError, SyntaxError, TypeError, EOFError, KeyError) as exc:
-        raise ParquetFormatError(f"{where}: 'data' has a broken .npy header ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError,
+        # tokenize.TokenError, ... on damaged bytes (found by the fuzz test)
+        raise ParquetFormatError(f"{where}: 'data' has a broken .npy header ({type(exc).__name__}: {exc})") from None
     if np.dtype(dtype) != np.uint8 or len(shape) != 1:
         raise ParquetFormatError(f"{where}: 'data' holds a {dtype} array of shape {shape}; expected 1-D uint8")
     body = view[f.tell():]
@@ -254,6 +256,10 @@ class ParquetEventDataset(Dataset):
                     + (f", null at row {bad}" if bad is not None else "") + ")")
             if arr.size and arr.min() < 0:
                 raise ParquetFormatError(f"{path}: row {int(np.argmin(arr))} has the negative label {int(arr.min())}")
+            if arr.size and arr.max() >= _MAX_CLASSES:
+                raise ParquetFormatError(
+                    f"{path}: row {int(np.argmax(arr))} has the label {int(arr.max())}, beyond any class count; the "
+                    "shard is damaged")
             rows = [pf.metadata.row_group(g).num_rows for g in range(pf.metadata.num_row_groups)]
             if sum(rows) != len(arr):
                 raise ParquetFormatError(f"{path}: row groups hold {sum(rows)} rows but 'label' has {len(arr)}")
@@ -316,6 +322,11 @@ class ParquetEventDataset(Dataset):
                 f"{path}: row group {int(self._group_index[g])} (rows from {self._row_in_file(int(self._group_start[g]))}) "
                 f"cannot be read ({type(exc).__name__}: {exc}); the shard is damaged - download or export it again"
             ) from None
+        expected = int(self._group_start[g + 1] - self._group_start[g])
+        if len(col) != expected:
+            raise ParquetFormatError(
+                f"{path}: row group {int(self._group_index[g])} holds {len(col)} 'data' values but its metadata says "
+                f"{expected} rows; the shard is damaged - download or export it again")
         self._cache[g] = col
         while len(self._cache) > self.cache_groups:
             self._cache.popitem(last=False)
@@ -329,9 +340,13 @@ class ParquetEventDataset(Dataset):
     def _row(self, index: int) -> np.ndarray:
         g = int(np.searchsorted(self._group_start, index, side="right") - 1)
         col = self._group_data(g)
-        value = col[index - int(self._group_start[g])]
         where = f"{self.files[int(self._group_file[g])]}: row {self._row_in_file(index)}"
-        return decode_data(value.as_buffer() if value.is_valid else None, where)
+        try:
+            value = col[index - int(self._group_start[g])]
+            data = value.as_buffer() if value.is_valid else None
+        except Exception as exc:  # noqa: BLE001 - damaged offsets in the binary column
+            raise ParquetFormatError(f"{where}: 'data' cannot be read ({type(exc).__name__}: {exc})") from None
+        return decode_data(data, where)
 
     def __getitem__(self, index: int):
         if not 0 <= index < len(self):
