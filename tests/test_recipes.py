@@ -143,3 +143,11 @@ def test_evaluate_at_smaller_t_and_finetune_across_t(datasets, tmp_path, capsys)
                         epochs=1))
     ck = torch.load(tmp_path / "ft" / "last.pt", map_location="cpu", weights_only=True)
     assert ck["timesteps"] == 2 and ck["epoch"] == 1
+
+
+def test_mixup_on_frames_for_event_data_sets(datasets, tmp_path):
+    """Data sets that are events already (here CIFAR10-DVS recordings) mix their frames in the trainer."""
+    main(["--dataset", "cifar10-dvs", "--data", str(datasets["cifar10-dvs"]), *_TINY, "--mixup", "--t-train", "1",
+          "-o", str(tmp_path)])
+    m = metrics(tmp_path)
+    assert m[0]["train_mixing"] is True and m[0]["val_count"] > 0
