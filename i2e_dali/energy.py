@@ -29,7 +29,8 @@ from torch import nn
 
 from .models import unwrap
 
-__all__ = ["E_MAC_PJ", "E_AC_PJ", "ann_energy_pj", "snn_energy_pj", "conv_ops", "i2e_encoding_ops",
+__all__ = ["E_MAC_PJ", "E_AC_PJ", "ann_energy_pj", "snn_energy_pj", "conv_ops", "i2e_encoding_ops", "format_report",
+           "plot_report", "write_report",
            "SpikeRateMeter", "stage_of", "measure_energy"]
 
 _COST = SimpleEnergyCostConfig.fp32()  # spikingjelly's Horowitz 45 nm preset: the paper's numbers
@@ -152,7 +153,7 @@ class _Layer:
 def _synaptic_layers(net: nn.Module) -> dict[str, _Layer]:
     out = {}
     for name, m in net.named_modules():
-        if isinstance(m, nn.Conv2d):
+        if isinstance(m, nn.modules.conv._ConvNd):
             out[name] = _Layer(name, "conv", m.in_channels, (m.in_channels // m.groups) * math.prod(m.kernel_size))
         elif isinstance(m, nn.Linear):
             out[name] = _Layer(name, "linear", m.in_features, m.in_features)
@@ -161,15 +162,15 @@ def _synaptic_layers(net: nn.Module) -> dict[str, _Layer]:
 
 @torch.no_grad()
 def measure_energy(model: nn.Module, batches: Iterable, *, max_batches: int | None = None, ann_in_channels: int = 3,
-                   encoding: tuple[int, int] | None = None, progress=None) -> dict:
+                   encoding: bool = False, progress=None) -> dict:
     """Run ``model`` over ``batches`` of ``(events [T,B,C,H,W], labels)`` and return the report as a dict.
 
     Per synaptic layer (conv / linear): input kind (``events`` = the network's binary input, ``spikes``,
     ``analog``), input firing rate per timestep, dense ops per timestep, counted ACs and MACs per image,
     estimated energy (counted ACs x 0.9 pJ + MACs x 4.6 pJ) and the paper's formula value beside it, and
     the ANN equivalent (dense ops x 4.6 pJ; first layer with ``ann_in_channels`` inputs, 3 = RGB). Per
-    neuron layer: firing rate per timestep. Totals per image, the ANN/SNN ratio, and (``encoding`` =
-    (H, W) of the RGB images, when the events come from I2E) the conversion's own cost.
+    neuron layer: firing rate per timestep. Totals per image, the ANN/SNN ratio, and (``encoding``: the
+    events come from I2E, of RGB images of the events' size) the conversion's own cost.
     """
     net = unwrap(model)
     was_training = net.training
@@ -182,8 +183,9 @@ def measure_energy(model: nn.Module, batches: Iterable, *, max_batches: int | No
         rows = _per_step(x, ctx["T"])
         return rows.ne(0).sum(dim=1), rows.shape[1], bool(x.eq(0).logical_or_(x.eq(1)).all())
 
-    in_mon = monitor.InputMonitor(net, (nn.Conv2d, nn.Linear), on_input)
-    out_mon = monitor.OutputMonitor(net, (nn.Conv2d, nn.Linear), lambda y: y.numel())
+    kinds = (nn.modules.conv._ConvNd, nn.Linear)
+    in_mon = monitor.InputMonitor(net, kinds, on_input)
+    out_mon = monitor.OutputMonitor(net, kinds, lambda y: y.numel())
     syn, mac = SynOpCounter(), MACCounter(extra_ignore_modules=[nn.modules.batchnorm._BatchNorm])
     meter = SpikeRateMeter(net)
     top1 = images = 0
@@ -285,9 +287,10 @@ def measure_energy(model: nn.Module, batches: Iterable, *, max_batches: int | No
                    "ann_energy_pj": ann_pj, "ann_over_snn": ann_pj / tot["energy_pj"] if tot["energy_pj"] else None,
                    "mean_firing_rate": _mean_rate(neuron_rates, meter)},
     }
-    if encoding is not None:
-        enc = i2e_encoding_ops(encoding[0], encoding[1], timesteps)
-        report["encoding"] = {"height": encoding[0], "width": encoding[1], **enc}
+    if encoding:
+        h, w = in_shape[-2:]
+        enc = i2e_encoding_ops(h, w, timesteps)
+        report["encoding"] = {"height": h, "width": w, **enc}
         report["totals"]["snn_plus_encoding_pj"] = tot["energy_pj"] + enc["energy_pj"]
         report["totals"]["ann_over_snn_plus_encoding"] = ann_pj / (tot["energy_pj"] + enc["energy_pj"])
     return report
@@ -297,3 +300,105 @@ def _mean_rate(rates: dict[str, list[float]], meter: SpikeRateMeter) -> float | 
     total = sum(float(meter._sums[k].sum()) for k in rates)
     count = sum(meter._counts[k] * meter._sums[k].numel() for k in rates)
     return total / count if count else None
+
+
+# ------------------------------------------------------------------------------------------------- rendering
+def _si(x: float | None, unit: str = "") -> str:
+    if x is None:
+        return "-"
+    for factor, prefix in ((1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(x) >= factor:
+            return f"{x / factor:.2f}{prefix}{unit}"
+    return f"{x:.1f}{unit}" if x != int(x) else f"{int(x)}{unit}"
+
+
+def _pj(x: float | None) -> str:
+    """pJ shown in the most readable unit (pJ, nJ, uJ, mJ)."""
+    if x is None:
+        return "-"
+    for factor, unit in ((1e9, "mJ"), (1e6, "uJ"), (1e3, "nJ")):
+        if abs(x) >= factor:
+            return f"{x / factor:.3g} {unit}"
+    return f"{x:.3g} pJ"
+
+
+def format_report(report: dict) -> str:
+    """The report as a terminal table: one row per synaptic layer, then totals per image."""
+    m, inp, tot = report["model"], report["input"], report["totals"]
+    T = inp["timesteps"]
+    lines = [f"{m['arch']} (width {m['width']}, {m['parameters'] / 1e6:.2f}M parameters), input {inp['shape']} x T={T}, "
+             f"{inp['images']} images, top-1 {inp['top1']:.2f}%",
+             f"energy model: {report['energy_model']['e_mac_pj']} pJ/MAC, {report['energy_model']['e_ac_pj']} pJ/AC "
+             f"({report['energy_model']['source']})", ""]
+    rate_hdr = " ".join(f"t{t:<4d}" for t in range(T))
+    hdr = f"{'layer':<40} {'input':<6} {'rate':>6}  {rate_hdr}  {'ops/t':>8} {'ACs':>8} {'MACs':>8} {'E_SNN':>10} {'E_ANN':>10}"
+    lines += [hdr, "-" * len(hdr)]
+    for r in report["layers"]:
+        rate = "-" if r["firing_rate"] is None else f"{100 * r['firing_rate']:5.1f}%"
+        per_t = " ".join(f"{100 * v:5.1f}" for v in r["firing_rate_t"]) if r["firing_rate_t"] else " " * (6 * T - 1)
+        lines.append(f"{r['layer'][-40:]:<40} {r['input']:<6} {rate:>6}  {per_t}  {_si(r['dense_ops_per_t']):>8} "
+                     f"{_si(r['acs']):>8} {_si(r['macs']):>8} {_pj(r['energy_pj']):>10} {_pj(r['ann_energy_pj']):>10}")
+    lines.append("-" * len(hdr))
+    lines.append(f"{'SNN total per image':<40} {'':<6} {'':>6}  {' ' * (6 * T - 1)}  {'':>8} {_si(tot['acs_per_image']):>8} "
+                 f"{_si(tot['macs_per_image']):>8} {_pj(tot['snn_energy_pj']):>10} {_pj(tot['ann_energy_pj']):>10}")
+    lines.append("")
+    lines.append(f"mean firing rate over all neurons and timesteps: "
+                 f"{100 * tot['mean_firing_rate']:.2f}%" if tot["mean_firing_rate"] is not None else "no neurons")
+    lines.append(f"SNN per image: {_si(tot['acs_per_image'])} ACs + {_si(tot['macs_per_image'])} MACs = "
+                 f"{_pj(tot['snn_energy_pj'])} (paper's formula ops x rate x T x 0.9 pJ: {_pj(tot['snn_formula_energy_pj'])})")
+    lines.append(f"ANN equivalent (same layers, one pass, {report['energy_model']['ann_in_channels']}-channel input): "
+                 f"{_si(tot['ann_macs_per_image'])} MACs = {_pj(tot['ann_energy_pj'])}")
+    if tot["ann_over_snn"] is not None:
+        lines.append(f"ANN / SNN energy: {tot['ann_over_snn']:.1f}x")
+    if "encoding" in report:
+        e = report["encoding"]
+        lines.append(f"I2E encoding ({e['height']}x{e['width']} RGB -> T={T}): {_si(e['acs'])} ACs + {e['macs']} MAC = "
+                     f"{_pj(e['energy_pj'])} per image; SNN + encoding {_pj(tot['snn_plus_encoding_pj'])}, "
+                     f"ANN / (SNN + encoding) {tot['ann_over_snn_plus_encoding']:.1f}x")
+    return "\n".join(lines)
+
+
+def plot_report(report: dict, path) -> None:
+    """PNG bar chart per layer: input firing rate (top) and energy per image, SNN vs ANN (bottom, log)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in report["layers"] if r["firing_rate"] is not None]
+    names = [r["layer"] for r in rows]
+    x = range(len(rows))
+    fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(max(8.0, 0.35 * len(rows) + 3), 7.5), sharex=True)
+    ax1.bar(x, [100 * r["firing_rate"] for r in rows], color="tab:red")
+    ax1.set_ylabel("input firing rate (%)")
+    ax1.set_title(f"{report['model']['arch']}: per-layer activity and energy per image "
+                  f"(T={report['input']['timesteps']}, {report['input']['images']} images)")
+    w = 0.4
+    ax2.bar([i - w / 2 for i in x], [max(r["energy_pj"], 1e-3) for r in rows], w, label="SNN (counted ops)",
+            color="tab:blue")
+    ax2.bar([i + w / 2 for i in x], [max(r["ann_energy_pj"], 1e-3) for r in rows], w, label="ANN (MACs x 4.6 pJ)",
+            color="tab:gray")
+    ax2.set_yscale("log")
+    ax2.set_ylabel("energy per image (pJ)")
+    ax2.legend()
+    ax2.set_xticks(list(x))
+    ax2.set_xticklabels(names, rotation=90, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: dict, out_dir) -> dict[str, str]:
+    """report.json, report.txt (the table) and report.png into ``out_dir``; returns their paths."""
+    import json
+    from pathlib import Path
+
+    from .fsio import atomic_write, atomic_write_text
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"json": out / "report.json", "table": out / "report.txt", "png": out / "report.png"}
+    atomic_write_text(paths["json"], json.dumps(report, indent=1))
+    atomic_write_text(paths["table"], format_report(report) + "\n")
+    atomic_write(paths["png"], lambda f: plot_report(report, f))
+    return {k: str(v) for k, v in paths.items()}

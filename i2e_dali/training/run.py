@@ -20,6 +20,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..errors import CheckpointError, I2EError, TrainError
+from ..energy import format_report, measure_energy, write_report
 from ..fsio import atomic_write_text
 from ..convert.static import input_channels
 from ..zoo import build_any
@@ -116,6 +117,13 @@ def run(args: argparse.Namespace) -> dict | None:
                      res["loss"], res["count"])
             if rt.is_main:
                 print(json.dumps(res))
+            if args.report is not None and rt.is_main:  # this rank's shard (all of it without DDP)
+                report = measure_energy(model, val_loader, max_batches=args.report_batches,
+                                        encoding=args.dataset != "cifar10-dvs")
+                out = output_dir / "report" if args.report == "auto" else Path(args.report).expanduser()
+                res["report"] = write_report(report, out)
+                print(format_report(report))
+                log.info("report written to %s", out)
             return res
 
         steps_per_epoch = len(train_loader)
