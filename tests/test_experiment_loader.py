@@ -112,3 +112,51 @@ def test_training_batches_are_the_conversion_of_the_views(cifar, case):
     if case == "random":  # random motions per sample: differs from the canonical conversion somewhere
         assert any(not torch.equal(e, i2e_convert(im, ratio=0.07, timesteps=4, train=False))
                    for (e, _, _), im in zip(batches, spy.seen))
+
+
+# ------------------------------------------------------------------------------------------------
+# GPU (skipped without CUDA): the same options through the mixed decoder and the fused kernel
+# ------------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+def test_gpu_fixed_threshold_fused_equals_cpu_torch_path():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (4, 3, 37, 53), dtype=torch.uint8, generator=g)
+    motions = torch.zeros(4, 8, dtype=torch.int64)
+    for dtype in (torch.bool, torch.bfloat16, torch.float32):
+        got = i2e_convert(x.cuda(), motions=motions.cuda(), threshold="fixed", threshold_value=0.1, dtype=dtype)
+        want = i2e_convert(x, motions=motions, threshold="fixed", threshold_value=0.1, dtype=dtype, impl="torch")
+        assert torch.equal(got.cpu(), want)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", ["canonical", "fixed", "v"])
+def test_gpu_loader_options_and_mix_hook(folder, case):
+    spy = _Spy()
+    kw = {"canonical": dict(random_motion=False), "fixed": dict(random_motion=False, threshold="fixed",
+                                                                   threshold_value=0.1), "v": dict(output="v")}[case]
+    loader = EventLoader(folder, 4, train=True, device="cuda", num_threads=1, crop_size=32, aug="baseline1",
+                         timesteps=4, mix=spy, **kw)
+    for (events, labels, soft), images in zip(loader, spy.seen):
+        assert events.is_cuda and labels.is_cuda and soft is None and images.is_cuda
+        if case == "v":
+            x = (images.float() * torch.tensor(1 / 255, device="cuda")).amax(dim=1, keepdim=True)
+            assert torch.equal(events[0], x)
+        else:
+            fixed = dict(threshold="fixed", threshold_value=0.1) if case == "fixed" else {}
+            assert torch.equal(events, i2e_convert(images, ratio=0.12, timesteps=4, train=False, **fixed))
+
+
+@pytest.mark.gpu
+def test_gpu_mixer_runs_on_device_without_host_sync():
+    from i2e_dali.training.mixing import BatchMixer
+
+    images = torch.randint(0, 256, (8, 3, 16, 16), dtype=torch.uint8, device="cuda")
+    labels = torch.arange(8, device="cuda") % 4
+    mixer = BatchMixer(4)
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(6):
+            mixed, soft = mixer(images, labels)
+            assert mixed.is_cuda and soft.is_cuda
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
