@@ -109,7 +109,7 @@ def check_experiment_options(args: argparse.Namespace) -> None:
             raise TrainError(f"{', '.join(image_side)}: --dataset {args.dataset} holds events already; these "
                              "options act on the images before conversion (imagenet, cifar10/100, demo)")
     recipe = RECIPES.get(getattr(args, "recipe", None) or "")
-    if recipe is not None and recipe.needs_pretrained and not (args.pretrained or args.resume):
+    if recipe is not None and recipe.needs_pretrained and not (args.pretrained or args.resume or args.evaluate):
         how = (f"pre-train first: {recipe.pretrain_command()}, then pass --pretrained runs/{recipe.pretrain}/best.pt"
                if recipe.pretrain else "the pre-training source of this row is not known; pass your own weights")
         raise TrainError(f"--recipe {recipe.name} fine-tunes pre-trained weights: give --pretrained PATH ({how})")
