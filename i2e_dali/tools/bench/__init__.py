@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``python -m i2e_dali.bench (or i2e_dali.tools.bench) {convert,loader,train,corpus}`` (console: i2e-bench).
+"""Throughput benchmark: ``python -m i2e_dali.bench (or i2e_dali.tools.bench) {convert,loader,train,corpus,proof}`` (console: i2e-bench).
 
 Each mode prints one table and writes a JSON record (device, library versions, date, settings, every
 measured number) to ``--json`` (default ``benchmarks/results/<device>-<date>-<mode>.json``).
@@ -35,9 +35,11 @@ from .common import DTYPES, environment, finish, format_table
 from .convert import run_convert
 from .loader import run_loader
 from .train import run_train
+from .proof import add_proof_parser, proof_exit_code, run_proof
 from ...placement import DEFAULT_SEED
 
-__all__ = ["main", "build_parser", "run_convert", "run_loader", "run_train", "run_corpus", "copy_bandwidth"]
+__all__ = ["main", "build_parser", "run_convert", "run_loader", "run_train", "run_corpus", "run_proof",
+           "copy_bandwidth"]
 
 def run_corpus(args) -> dict:
     from .corpus import CorpusConfig, generate_corpus
@@ -119,6 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--arch", default="msresnet18")
     tr.add_argument("--width", type=int, help="stage-1 channels (paper 64; CPU default 16)")
     tr.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"], help="auto: bf16 on CUDA, off on CPU")
+    tr.add_argument("--profile", action="store_true",
+                    help="also profile one step (torch.profiler): the 15 most expensive kernels (GPU) / operators (CPU)")
 
     co = sub.add_parser("corpus", help="write an ImageNet-like JPEG corpus from real photographs")
     common(co, device=False)
@@ -130,18 +134,21 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--long-side", type=int, default=500, help="mean long side in pixels (default 500)")
     co.add_argument("--file-kb", type=float, default=110.0, help="mean JPEG size in KB (default 110)")
     co.add_argument("--workers", type=int, help="processes (default all cores)")
+
+    add_proof_parser(sub)
     return p
 
-_RUNNERS = {"convert": run_convert, "loader": run_loader, "train": run_train, "corpus": run_corpus}
+_RUNNERS = {"convert": run_convert, "loader": run_loader, "train": run_train, "corpus": run_corpus,
+            "proof": run_proof}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        _RUNNERS[args.mode](args)
+        record = _RUNNERS[args.mode](args)
     except (BenchError, ValueError, FileNotFoundError) as exc:
         print(f"i2e-bench {args.mode}: error: {exc}", file=sys.stderr)
         return 2
-    return 0
+    return proof_exit_code(record) if args.mode == "proof" else 0
 
 if __name__ == "__main__":
     sys.exit(main())
