@@ -400,6 +400,7 @@ def export(cfg: ExportConfig, *, opener: Callable = open) -> list[ExportSummary]
         raise ExportError(f"--data {data} does not exist")
     cfg.data, cfg.out = data, out
     _check_paths(data, out)
+    export_dist.barrier()  # every rank's write probe is gone before rank 0 sweeps temp files
     summaries = [export_split(cfg, split, opener=opener) for split in cfg.splits]
     merged = export_dist.merge(export_dist.gather(summaries), ExportSummary)  # every rank's share
     for s in merged:

@@ -100,6 +100,6 @@ def print_shares(summary) -> None:
     if len(summary.shares) > 1:
         for sh in summary.shares:
             print(f"  rank {sh['rank']}: {sh['files']} files written ({sh['skipped']} skipped), "
-                  f"{sh['bytes'] / 2**20:.1f} MB, {sh['seconds']:.1f} s")
+                  f"{sh['bytes'] / 1024:.1f} KB, {sh['seconds']:.1f} s")
     if summary.rate_note:
         print("  " + summary.rate_note)
