@@ -125,3 +125,30 @@ def test_markdown_lists_failed_gpu_tests_and_recorded_numbers():
     md = markdown(record)
     assert "| tests.t::test_b | assert 1 == 2 |" in md and "lif_selection" in md and "triton" in md
     assert "**Failed parts: gpu-tests**" in md
+
+
+def test_gpu_test_outcomes_survive_a_killed_pytest(tmp_path):
+    from i2e_dali.tools.bench.proof import _verbose_log
+
+    log = tmp_path / "gpu-tests.log"
+    log.write_text("tests/test_a.py::test_x PASSED [ 10%]\ntests/test_a.py::test_y[p0] FAILED [ 20%]\n"
+                   "tests/test_b.py::test_z SKIPPED (needs a CUDA GPU) [ 30%]\ntests/test_b.py::test_w ")
+    got = _verbose_log(log)
+    assert got["counts"] == {"passed": 1, "failed": 1, "error": 0, "skipped": 1}
+    assert [t["test"] for t in got["tests"]] == ["tests/test_a.py::test_x", "tests/test_a.py::test_y[p0]",
+                                                 "tests/test_b.py::test_z"]
+
+
+def test_gpu_tests_part_reports_each_gpu_test(tmp_path):
+    """The part itself, on a CPU: pytest -m gpu collects the GPU tests, each skips with the reason, and
+    the JUnit report lists them one by one."""
+    from i2e_dali.tools.bench import build_parser
+    from i2e_dali.tools.bench.proof import Proof
+
+    args = build_parser().parse_args(["proof", "--quick", "--device", "cpu", "--work", str(tmp_path)])
+    res = Proof(args).part_gpu_tests(240)
+    assert res["status"] == "passed", res.get("reason")
+    tests = res["junit"]["tests"]
+    assert len(tests) >= 20 and all(t["outcome"] == "skipped" for t in tests)
+    assert any("test_gpu_and_cpu_decoding_agree" in t["test"] for t in tests)
+    assert all("CUDA" in (t["message"] or "") for t in tests)
