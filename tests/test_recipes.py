@@ -77,6 +77,7 @@ def _tiny_imagenet(datasets, out, *extra, epochs=2):
             "-o", str(out), *extra]
 
 
+@pytest.mark.slow
 def test_new_options_resume_exactly(datasets, tmp_path):
     """mixup + --t-train + warm-up + step schedule: killed after epoch 1 of 3 (and mid-epoch), then resumed,
     equals the uninterrupted run (model, optimiser, scheduler, train metrics)."""
@@ -96,6 +97,35 @@ def test_new_options_resume_exactly(datasets, tmp_path):
     assert [r["train_mixing"] for r in ma] == [True, True, True]
     assert all(0 <= r["train_top1"] <= 100 for r in ma)
     assert [r["train_lr"] for r in ma] == pytest.approx([0.1, 0.05, 0.025])
+    # interrupted mid-epoch (after the step-5 checkpoint), then resumed: the same run again
+    real_step = engine.make_train_step
+
+    def dying_step(*a, **k):
+        step = real_step(*a, **k)
+        calls = [0]
+
+        def wrapped(*args):
+            calls[0] += 1
+            if calls[0] == 7:
+                raise KeyboardInterrupt
+            return step(*args)
+
+        wrapped.hits = None
+        return wrapped
+
+    engine.make_train_step = dying_step
+    try:
+        with pytest.raises(SystemExit):
+            main(_tiny_imagenet(datasets, tmp_path / "killed", *opts, epochs=3))
+    finally:
+        engine.make_train_step = real_step
+    mid = torch.load(tmp_path / "killed" / "last.pt", map_location="cpu", weights_only=True)
+    assert mid["global_step"] == 5 and mid["step_in_epoch"] == 5
+    main(_tiny_imagenet(datasets, tmp_path / "killed", *opts, "--resume", "auto", epochs=3))
+    c = torch.load(tmp_path / "killed" / "last.pt", map_location="cpu", weights_only=True)
+    for k, v in a["model"].items():
+        assert torch.equal(v, c["model"][k]), k
+    assert a["scheduler"] == c["scheduler"]
     # resuming with another schedule is refused, naming the flags
     with pytest.raises(SystemExit):
         main(_tiny_imagenet(datasets, tmp_path / "split", "--resume", "auto", epochs=4))
