@@ -66,10 +66,10 @@ def test_two_ranks_split_the_files_resume_and_match_a_single_process_export(tmp_
     first, again = out.split("== again")[0], "== again" + out.split("== again", 1)[1]
     # one summary per split with each rank's share: npz train 10 files -> 5 + 5; parquet 4 shards -> 2 + 2
     assert "rank 0: 5 files written (0 skipped)" in first and "rank 1: 5 files written (0 skipped)" in first
-    assert "rank 0: 6 files written" in first and "rank 1: 4 files written" in first  # parquet rows 0-5 / 6-9
+    assert "rank 0: 2 shards (6 rows) written" in first and "rank 1: 2 shards (4 rows) written" in first
     # the rerun: each rank redid only its own lost file, and skipped the rest of its share
     assert "rank 1: 1 files written (4 skipped)" in again and "rank 0: 0 files written (5 skipped)" in again
-    assert "rank 0: 3 files written (3 skipped)" in again and "rank 1: 0 files written (4 skipped)" in again
+    assert "rank 0: 1 shards (3 rows) written (3 skipped)" in again and "rank 1: 0 shards (0 rows) written (4 skipped)" in again
 
     for fmt in ("npz", "parquet"):
         a = sorted(p.relative_to(single / fmt) for p in (single / fmt).rglob("*") if p.is_file())

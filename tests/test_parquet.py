@@ -282,3 +282,17 @@ def test_fuzzed_shards_give_project_errors_or_data(tmp_path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ok, err = (int(x.split("=")[1]) for x in proc.stdout.split()[-2:])
     assert err > 0 and ok + err > 0
+
+
+@pytest.mark.gpu
+def test_reader_on_the_gpu_pins_and_yields_the_cpu_batches(tmp_path):
+    make_config(tmp_path, np.random.default_rng(8), n_train=16, n_val=4)
+    train_set, _ = open_parquet_splits(tmp_path)
+    cpu = FrameLoader(train_set, 4, train=True, device="cpu", num_workers=1, with_index=True)
+    gpu = FrameLoader(train_set, 4, train=True, device="cuda", num_workers=1, with_index=True, dtype=torch.bfloat16)
+    assert gpu._loader.pin_memory
+    n = 0
+    for (e1, l1, i1), (e2, l2, i2) in zip(cpu, gpu):
+        assert e2.is_cuda and torch.equal(e1, e2.float().cpu()) and torch.equal(l1, l2.cpu()) and torch.equal(i1, i2)
+        n += 1
+    assert n == len(cpu) == 4

@@ -115,3 +115,14 @@ def test_train_dali_trains_on_an_exported_parquet_set(tmp_path):
           "--device", "cpu", "-o", str(run), "--no-progress", "--workers", "0", "--no-tensorboard"])
     m = metrics(run)
     assert m[0]["val_count"] == 2 and m[0]["train_steps"] == 2 and (run / "last.pt").is_file()
+
+
+@pytest.mark.gpu
+def test_gpu_export_round_trips_exactly(tmp_path):
+    data = tmp_path / "cifar"
+    make_cifar(data, per_batch=3)
+    out = tmp_path / "o"
+    export(_cfg(data, out, dataset="cifar10", device="cuda", interp="cubic"))
+    live = live_events(open_source(data, "val", "cifar10"), "resize", device="cuda", pipeline_options={"interp": "cubic"})
+    ds = ParquetEventDataset(sorted(out.glob("validation-*.parquet")))
+    assert len(ds) == 3 and all(np.array_equal(ds[i][0].numpy(), live[i]) for i in range(len(ds)))

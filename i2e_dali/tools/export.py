@@ -100,6 +100,13 @@ class ExportSummary:
     def line(self) -> str:
         ratio = self.bytes_written / self.source_bytes if self.source_bytes else float("nan")
         speed = self.written / self.seconds if self.seconds else 0.0
+        if self.shards_written or self.shards_skipped:  # parquet: rows in shards
+            return (
+                f"{self.split}: wrote {self.written} rows in {self.shards_written} shard(s) "
+                f"({_fmt_bytes(self.bytes_written)}, {ratio:.2f}x the {_fmt_bytes(self.source_bytes)} source), "
+                f"skipped {self.shards_skipped} finished shard(s) ({self.skipped} rows), removed "
+                f"{self.removed_partials} partial; mean event rate {self.event_rate:.4f}; {self.seconds:.1f} s"
+            )
         return (
             f"{self.split}: wrote {self.written} files ({_fmt_bytes(self.bytes_written)}, {ratio:.2f}x the "
             f"{_fmt_bytes(self.source_bytes)} source), skipped {self.skipped} finished, removed "

@@ -75,7 +75,8 @@ def merge(per_rank: list[list], summary_cls) -> list:
             if s.per_timestep_rate:
                 per_t_cells.append((s.cells, s.per_timestep_rate))
             total.shares.append({"rank": rank, "files": s.written, "skipped": s.skipped, "bytes": s.bytes_written,
-                                 "seconds": round(s.seconds, 3), "shards": s.shards_written})
+                                 "seconds": round(s.seconds, 3), "shards": s.shards_written,
+                                 "shards_skipped": s.shards_skipped})
         if per_t_cells:
             cells = sum(c for c, _ in per_t_cells)
             total.per_timestep_rate = [sum(c * r[t] for c, r in per_t_cells) / cells

@@ -98,8 +98,10 @@ def resolve_catalog_arguments(p, args):
 def print_shares(summary) -> None:
     """Each rank's share of a split (several ranks), and the preset's event-rate check."""
     if len(summary.shares) > 1:
+        parquet = any(sh.get("shards") or sh.get("shards_skipped") for sh in summary.shares)
         for sh in summary.shares:
-            print(f"  rank {sh['rank']}: {sh['files']} files written ({sh['skipped']} skipped), "
+            what = f"{sh['shards']} shards ({sh['files']} rows)" if parquet else f"{sh['files']} files"
+            print(f"  rank {sh['rank']}: {what} written ({sh['skipped']} skipped), "
                   f"{sh['bytes'] / 1024:.1f} KB, {sh['seconds']:.1f} s")
     if summary.rate_note:
         print("  " + summary.rate_note)
