@@ -287,7 +287,8 @@ class ParquetEventDataset(Dataset):
         first = self._row(0)
         self.stored_shape = (first.shape[0], first.shape[2], first.shape[3])
         if timesteps is not None and not (isinstance(timesteps, int) and 1 <= timesteps <= self.stored_shape[0]):
-            raise ValueError(f"timesteps must be in 1..{self.stored_shape[0]} (the shards' T), got {timesteps!r}")
+            raise ValueError(f"{self.files[0].parent}: the rows hold T={self.stored_shape[0]} timesteps but "
+                             f"timesteps={timesteps!r} was asked for; use -T {self.stored_shape[0]} or less")
         self.timesteps = timesteps or self.stored_shape[0]
         self.frame_shape = (self.timesteps, *self.stored_shape[1:])
 
