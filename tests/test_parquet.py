@@ -235,9 +235,9 @@ _FUZZ = textwrap.dedent("""
     from pathlib import Path
     from i2e_dali.data.parquet import ParquetEventDataset
     from i2e_dali.errors import I2EError
-    src, work, n = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
+    src, work, n, limit, seed = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4]), int(sys.argv[5])
     blob = src.read_bytes()
-    rng = np.random.default_rng(12345)
+    rng = np.random.default_rng(seed)
     ok = err = 0
     start = time.time()
     for k in range(n):
@@ -264,7 +264,7 @@ _FUZZ = textwrap.dedent("""
             print(f"mutation {k}: {type(exc).__name__}: {exc}")
             sys.exit(3)
         path.unlink()
-        if time.time() - start > 40:
+        if time.time() - start > limit:
             break
     print(f"ok={ok} err={err}")
 """)
@@ -277,11 +277,24 @@ def test_fuzzed_shards_give_project_errors_or_data(tmp_path):
     shard = write_shard(tmp_path / "s.parquet", ev, list(range(3)) * 4, group=5)
     work = tmp_path / "m"
     work.mkdir()
-    proc = subprocess.run([sys.executable, "-c", _FUZZ, str(shard), str(work), "150"], capture_output=True,
-                          text=True, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", _FUZZ, str(shard), str(work), "150", "40", "12345"],
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     ok, err = (int(x.split("=")[1]) for x in proc.stdout.split()[-2:])
     assert err > 0 and ok + err > 0
+
+
+@pytest.mark.fuzz
+@pytest.mark.parametrize("seed", [777, 2024])
+def test_fuzzed_shards_long(tmp_path, seed):
+    """The long run (pytest -m fuzz): 3,000 mutations per seed of a bigger shard, five minutes at most each."""
+    ev = random_events(np.random.default_rng(seed), 30, h=16, w=16)
+    shard = write_shard(tmp_path / "s.parquet", ev, list(range(3)) * 10, group=7)
+    work = tmp_path / "m"
+    work.mkdir()
+    proc = subprocess.run([sys.executable, "-c", _FUZZ, str(shard), str(work), "3000", "300", str(seed)],
+                          capture_output=True, text=True, timeout=400)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
 @pytest.mark.gpu
