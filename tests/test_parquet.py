@@ -309,3 +309,15 @@ def test_reader_on_the_gpu_pins_and_yields_the_cpu_batches(tmp_path):
         assert e2.is_cuda and torch.equal(e1, e2.float().cpu()) and torch.equal(l1, l2.cpu()) and torch.equal(i1, i2)
         n += 1
     assert n == len(cpu) == 4
+
+
+def test_each_worker_reads_only_its_own_row_groups():
+    groups = [(a, a + 16) for a in range(0, 256, 16)]  # 16 row groups of 16 rows
+    s = RowGroupShuffleSampler(groups, num_replicas=1, rank=0, seed=3, window=2, batch_size=8, streams=4)
+    order = list(s)
+    assert sorted(order) == list(range(256))
+    batches = [order[i:i + 8] for i in range(0, 256, 8)]
+    per_worker = [{i // 16 for k, b in enumerate(batches) if k % 4 == w for i in b} for w in range(4)]
+    assert all(len(g) == 4 for g in per_worker)  # 16 groups / 4 workers: no group read by two workers
+    assert len(set.union(*per_worker)) == 16
+    assert s.fingerprint == "row-groups/window2/streams4"

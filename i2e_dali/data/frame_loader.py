@@ -166,7 +166,8 @@ class FrameLoader(LoaderBase):
             # A dataset may bring its own training order (Parquet: row-group-local shuffling); it must
             # behave like DistributedSampler(drop_last=True): set_epoch, equal lengths on every rank.
             own = getattr(dataset, "train_sampler", None)
-            sampler: Sampler[int] = own(num_replicas=self.num_shards, rank=self.shard_id, seed=seed) if own else (
+            sampler: Sampler[int] = own(num_replicas=self.num_shards, rank=self.shard_id, seed=seed,
+                                        batch_size=batch_size, num_workers=num_workers) if own else (
                 DistributedSampler(dataset, num_replicas=self.num_shards, rank=self.shard_id, shuffle=True, seed=seed,
                                    drop_last=True))
             self.num_samples = len(sampler)
@@ -258,8 +259,12 @@ class FrameLoader(LoaderBase):
 
     # ---------------------------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
-        return {"seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
-                "total_samples": self.total_samples, "train": self.train}
+        fp = {"seed": self.seed, "batch_size": self.batch_size, "num_shards": self.num_shards,
+              "total_samples": self.total_samples, "train": self.train}
+        order = getattr(self._batches.sampler, "fingerprint", None)  # a dataset's own order, if it has one
+        if order is not None:
+            fp["order"] = order
+        return fp
 
     def state_dict(self) -> dict:
         return {"epoch": self.epoch, "position": self.position, **self._fingerprint()}

@@ -359,25 +359,37 @@ class ParquetEventDataset(Dataset):
                 f"are [{self.stored_shape[0]}, 2, {self.stored_shape[1]}, {self.stored_shape[2]}]")
         return torch.from_numpy(events[: self.timesteps]), int(self.targets_array[index])
 
-    def train_sampler(self, *, num_replicas: int, rank: int, seed: int = DEFAULT_SEED) -> "RowGroupShuffleSampler":
+    def train_sampler(self, *, num_replicas: int, rank: int, seed: int = DEFAULT_SEED, batch_size: int = 1,
+                      num_workers: int = 0) -> "RowGroupShuffleSampler":
         """FrameLoader's training order for this dataset (see the module doc)."""
         return RowGroupShuffleSampler(self.row_groups, num_replicas=num_replicas, rank=rank, seed=seed,
-                                      window=self.cache_groups)
+                                      window=self.cache_groups, batch_size=batch_size, streams=num_workers)
 
 
 class RowGroupShuffleSampler(Sampler[int]):
     """Per-epoch order that reads row groups, not rows, at random: permute the groups (seed, epoch), shuffle
     rows within windows of ``window`` consecutive groups, trim to a multiple of ``num_replicas`` and give
-    rank r the r-th contiguous part (all ranks the same length, like DistributedSampler with drop_last)."""
+    rank r the r-th contiguous part (all ranks the same length, like DistributedSampler with drop_last).
+
+    With ``streams`` = the DataLoader's worker count (> 1), the rank's part is cut into that many contiguous
+    runs of whole batches and the batches are interleaved run by run. DataLoader hands batch j to worker
+    j % workers, so each worker reads (and caches) only its own run's row groups, instead of every worker
+    reading every row group once."""
 
     def __init__(self, groups: Sequence[tuple[int, int]], *, num_replicas: int, rank: int,
-                 seed: int = DEFAULT_SEED, window: int = 4):
+                 seed: int = DEFAULT_SEED, window: int = 4, batch_size: int = 1, streams: int = 0):
         self.groups = [(int(a), int(b)) for a, b in groups]
         self.n = sum(b - a for a, b in self.groups)
         self.num_replicas, self.rank = int(num_replicas), int(rank)
         self.seed, self.window = int(seed), max(1, int(window))
+        self.batch_size, self.streams = max(1, int(batch_size)), max(1, int(streams))
         self.epoch = 0
         self.per_rank = self.n // self.num_replicas
+
+    @property
+    def fingerprint(self) -> str:
+        """What the order depends on besides seed, shards and batch size (FrameLoader's resume check)."""
+        return f"row-groups/window{self.window}/streams{self.streams}"
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -391,9 +403,19 @@ class RowGroupShuffleSampler(Sampler[int]):
             parts.append(idx[rng.permutation(len(idx))])
         return np.concatenate(parts) if parts else np.zeros(0, np.int64)
 
+    def _interleave(self, mine: np.ndarray) -> np.ndarray:
+        b, nb = self.batch_size, len(mine) // self.batch_size
+        if self.streams < 2 or nb < 2:
+            return mine
+        bounds = [s * nb // self.streams for s in range(self.streams + 1)]
+        runs = [list(range(bounds[s], bounds[s + 1])) for s in range(self.streams)]
+        batches = [runs[s][k] for k in range(max(map(len, runs))) for s in range(self.streams) if k < len(runs[s])]
+        head = np.concatenate([mine[j * b:(j + 1) * b] for j in batches])
+        return np.concatenate([head, mine[nb * b:]])
+
     def __iter__(self) -> Iterator[int]:
         start = self.rank * self.per_rank
-        return iter(self.order(self.epoch)[start:start + self.per_rank].tolist())
+        return iter(self._interleave(self.order(self.epoch)[start:start + self.per_rank]).tolist())
 
     def __len__(self) -> int:
         return self.per_rank
