@@ -491,7 +491,8 @@ def main(argv=None) -> int:
             print("  event rate per timestep: " + " ".join(f"{r:.4f}" for r in s.per_timestep_rate))
         print_shares(s)
     total = sum(s.bytes_written for s in summaries)
-    print(f"total: {sum(s.written for s in summaries)} files, {_fmt_bytes(total)} in {cfg.out}")
+    unit = "rows" if cfg.format == "parquet" else "files"
+    print(f"total: {sum(s.written for s in summaries)} {unit}, {_fmt_bytes(total)} in {cfg.out}")
     return 0
 
 
