@@ -204,10 +204,11 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, num_cla
             f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, e.g. {unexpected[:3]}). "
             "It is probably a checkpoint of another architecture: pass the matching --arch."
         )
-    ckpt_classes = state["fc.weight"].shape[0] if "fc.weight" in state else None
+    head = getattr(target, "_head", "fc")  # the classifier's name: fc (ResNets), head (zoo Spikformer)
+    ckpt_classes = state[f"{head}.weight"].shape[0] if f"{head}.weight" in state else None
     want = num_classes if num_classes is not None else getattr(target, "num_classes", ckpt_classes)
     shape_bad = [
-        k for k, v in state.items() if not k.startswith("fc.") and tuple(v.shape) != tuple(own[k].shape)
+        k for k, v in state.items() if not k.startswith(head + ".") and tuple(v.shape) != tuple(own[k].shape)
     ]
     if shape_bad:
         k = shape_bad[0]
@@ -217,11 +218,11 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, num_cla
         )
     if ckpt_classes is not None and ckpt_classes != want:
         notes.append(f"classifier re-initialised: checkpoint has {ckpt_classes} classes, model needs {want}")
-        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
         if hasattr(target, "reset_classifier"):
             target.reset_classifier(want)
         result = target.load_state_dict(state, strict=False)
-        if set(result.missing_keys) - {"fc.weight", "fc.bias"} or result.unexpected_keys:
+        if set(result.missing_keys) - {f"{head}.weight", f"{head}.bias"} or result.unexpected_keys:
             raise CheckpointError(f"{source}: unexpected key mismatch {result}")
     else:
         if getattr(target, "num_classes", want) != want and hasattr(target, "reset_classifier"):
