@@ -4,7 +4,9 @@ DALI cannot skip an undecodable image in the middle of a batch: one bad file sto
 command walks ``ROOT/train`` and ``ROOT/val`` (or ROOT itself when it is a class-folder set), refuses
 what the loader would refuse without decoding (non-image files, zero-byte files, empty class
 folders), then decodes every image with DALI's CPU decoder — the same decoder family the pipeline
-uses — and names each file that fails. Exit code 0 when everything is usable, 1 otherwise.
+uses — and names each file that fails. Decoding runs in isolated worker processes (one per core), so a
+file that crashes or hangs the decoder is named ("crashes the decoder", "decoder hang") instead of
+killing the check. Exit code 0 when everything is usable, 1 otherwise, 2 when ROOT is not a data set.
 
     i2e-check /data/imagenet                # or: python -m i2e_dali.tools.check /data/imagenet
     i2e-check /data/imagenet --list bad.txt # also write the bad paths, one per line
@@ -20,7 +22,7 @@ from pathlib import Path
 
 from ..fsio import atomic_write_text
 from ..placement import usable_cores
-from ..data.decode_check import decode_check
+from ..data.decode_check import DEFAULT_TIME_LIMIT, decode_check
 from ..data.sources import DatasetError, MissingDataError, scan_image_folder
 
 __all__ = ["CheckReport", "check_folder", "main"]
@@ -50,8 +52,10 @@ def _split_roots(root: Path) -> tuple[list[Path], list[str]]:
     return [root], []
 
 
-def check_folder(root: str | os.PathLike, *, num_threads: int = 2, batch_size: int = 32,
-                 progress: bool | None = None) -> CheckReport:
+def check_folder(root: str | os.PathLike, *, num_threads: int | None = None, batch_size: int = 32,
+                 progress: bool | None = None, time_limit: float = DEFAULT_TIME_LIMIT) -> CheckReport:
+    """Check ``root`` (with train/ and val/, or one class-folder set); ``num_threads`` decoder processes
+    (default: every usable core), ``time_limit`` seconds per image before a decoder counts as hung."""
     root = Path(root).expanduser()
     report = CheckReport()
     report.roots, report.problems = _split_roots(root)
@@ -69,7 +73,8 @@ def check_folder(root: str | os.PathLike, *, num_threads: int = 2, batch_size: i
     if len(classes_seen) == 2 and classes_seen.get("train") != classes_seen.get("val"):
         report.problems.append("train/ and val/ have different class folders; labels would not match")
     report.checked = len(files) + len(report.bad)
-    report.bad += decode_check(files, num_threads=num_threads, batch_size=batch_size, progress=progress)
+    report.bad += decode_check(files, num_threads=num_threads, batch_size=batch_size, progress=progress,
+                               time_limit=time_limit)
     return report
 
 
@@ -98,17 +103,21 @@ def main(argv: list[str] | None = None) -> int:
         prog="i2e-check", description="List every file in an image data set that the DALI pipeline cannot decode."
     )
     parser.add_argument("root", help="data set root (with train/ and val/) or one class-folder set")
-    parser.add_argument("--threads", type=int, default=usable_cores(),
-                        help="decoder threads (default: all cores)")
-    parser.add_argument("--batch-size", type=int, default=32, help="images decoded per DALI batch")
+    parser.add_argument("--threads", "--workers", dest="threads", type=int, default=usable_cores(),
+                        help="decoder worker processes (default: all cores)")
+    parser.add_argument("--batch-size", type=int, default=32, help="images decoded per DALI batch in a worker")
+    parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
+                        help="seconds one image may take before its decoder is reported as hung")
     parser.add_argument("--list", type=Path, default=None, help="write the bad paths to this file, one per line")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     if args.threads < 1 or args.batch_size < 1:
         parser.error("--threads and --batch-size must be >= 1")
+    if not args.time_limit > 0:
+        parser.error("--time-limit must be > 0 seconds")
     try:
         report = check_folder(args.root, num_threads=args.threads, batch_size=args.batch_size,
-                              progress=False if args.quiet else None)
+                              progress=False if args.quiet else None, time_limit=args.time_limit)
     except DatasetError as exc:
         print(f"i2e-check: {exc}", file=sys.stderr)
         return 2
