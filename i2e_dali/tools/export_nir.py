@@ -65,13 +65,13 @@ def _fold_all(module: nn.Module) -> int:
     in every architecture exported here; the round-trip test checks it)."""
     folded = 0
     for parent in module.modules():
-        prev_name, prev = None, None
+        prev = None
         for name, child in list(parent.named_children()):
             if isinstance(child, nn.BatchNorm2d) and isinstance(prev, nn.Conv2d):
                 _fold_bn(prev, child)
                 setattr(parent, name, _Through())
                 folded += 1
-            prev_name, prev = name, child
+            prev = child
     leftover = [n for n, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     if leftover:
         raise ExportError(f"BatchNorm layers not directly after a conv cannot be folded for NIR: {leftover[:3]}")
