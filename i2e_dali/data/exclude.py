@@ -29,6 +29,22 @@ class ExcludeList:
     def __contains__(self, path) -> bool:
         return normalize_path(path) in self._keys
 
+    def split(self, paths: list, root: str | os.PathLike) -> tuple[list[int], list[int]]:
+        """(kept, dropped) indices of ``paths`` (all below ``root``). Matches without a system call per
+        file (a million-image folder): a path is dropped when its absolute form, or its form below the
+        real path of ``root``, is on the list."""
+        if not self._keys:
+            return list(range(len(paths))), []
+        keys = self._keys | {os.path.abspath(os.path.expanduser(p)) for p in self.paths}
+        root_abs = os.path.abspath(os.fspath(root))
+        root_real = os.path.realpath(root_abs)
+        kept, dropped = [], []
+        for i, p in enumerate(paths):
+            a = os.path.abspath(os.fspath(p))
+            real = root_real + a[len(root_abs):] if a.startswith(root_abs) else a
+            (dropped if a in keys or real in keys else kept).append(i)
+        return kept, dropped
+
     def __len__(self) -> int:
         return len(self.paths)
 

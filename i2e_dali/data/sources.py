@@ -19,6 +19,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 from ..errors import DatasetError, MissingDataError, UndecodableImageError
+from .exclude import ExcludeList
 
 __all__ = [
     "DatasetError",
@@ -142,9 +143,23 @@ class ImageFolderSource:
     default_resize_size = 256
 
     def __init__(self, root: str | os.PathLike, *, skip_invalid: bool = False, allow_empty_classes: bool = False,
-                 progress: bool | None = None):
+                 progress: bool | None = None, exclude=None):
         scan = scan_image_folder(root, progress=progress)
         self.root = scan.root
+        # exclude: paths to leave out (an ExcludeList from read_exclude_list, e.g. i2e-check --list's file,
+        # or any iterable of paths); what was dropped is kept in .excluded and told by .exclusion_note
+        excl = ExcludeList.of(exclude)
+        self.exclude_origin = excl.origin if len(excl) else None
+        self.excluded: list[str] = []
+        if len(excl):
+            kept, dropped = excl.split([p for p, _ in scan.samples], scan.root)
+            self.excluded = [scan.samples[i][0] for i in dropped]
+            scan.samples = [scan.samples[i] for i in kept]
+            for attr in ("not_images", "empty_files"):
+                files = getattr(scan, attr)
+                kept, dropped = excl.split(files, scan.root)
+                self.excluded += [str(files[i]) for i in dropped]
+                setattr(scan, attr, [files[i] for i in kept])
         if not scan.classes:
             hint = (
                 f" It holds {len(scan.stray_files)} files directly; move them into one sub-folder per class."
@@ -179,6 +194,13 @@ class ImageFolderSource:
         self.skipped: list[Path] = scan.bad_files
         if not self.samples:
             raise DatasetError(f"{self.root} holds no images; expected {self.root}/<class>/<image>.JPEG")
+
+    @property
+    def exclusion_note(self) -> str | None:
+        """"N images excluded (listed in ORIGIN)" when an exclude list was given, else None."""
+        if self.exclude_origin is None:
+            return None
+        return f"{len(self.excluded)} image(s) of {self.root} excluded (listed in {self.exclude_origin})"
 
     @property
     def class_to_idx(self) -> dict[str, int]:
