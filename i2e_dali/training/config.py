@@ -94,6 +94,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cifar10-dvs: no random horizontal flips in training")
     g.add_argument("--demo-dir", type=str, default=None,
                    help="where the demo set is generated and cached (default ~/.cache/i2e-dali/demo)")
+    g.add_argument("--exclude-list", type=str, default=None, metavar="FILE",
+                   help="image folders: leave out the files listed in FILE, one path per line (what "
+                        "`i2e-check ROOT --list FILE` writes); the log and the validation result say how many")
+    g.add_argument("--skip-bad", action="store_true",
+                   help="image folders: run the decode check on train/ and val/ first (cached per folder, keyed "
+                        "by file list, sizes and mtimes) and leave out every file it finds. Without this or "
+                        "--exclude-list the first bad file stops the run")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", type=str, default="msresnet18",

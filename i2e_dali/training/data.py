@@ -6,6 +6,7 @@ The one place where the trainer's flags become the loaders' explicit keyword arg
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
 
 import torch
@@ -14,6 +15,7 @@ from ..errors import TrainError
 from .runtime import Runtime, resolve_amp
 
 __all__ = ["build_loaders", "events_dtype"]
+log = logging.getLogger("i2e_dali.train")
 
 
 def events_dtype(amp: str, device: torch.device) -> torch.dtype:
@@ -82,9 +84,49 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
         **_size_kwargs(args.size, kind),
         **_experiment_kwargs(args),
     )
-    val = EventLoader(open_source(root, "val", kind), args.batch_size, train=False, **common)
-    train = EventLoader(open_source(root, "train", kind), args.batch_size, train=True, **common) if need_train else None
+    excl = _exclusions(args, root, kind, rt)
+    val = EventLoader(open_source(root, "val", kind, **excl), args.batch_size, train=False, **common)
+    train = (EventLoader(open_source(root, "train", kind, **excl), args.batch_size, train=True, **common)
+             if need_train else None)
+    for loader in (train, val):
+        note = getattr(loader.source, "exclusion_note", None) if loader is not None else None
+        if note and rt.is_main:
+            log.info("%s", note)
     return train, val
+
+
+def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
+    """``exclude=`` for the folder sources from --exclude-list and --skip-bad (the decode check, cached)."""
+    listed, skip = getattr(args, "exclude_list", None), getattr(args, "skip_bad", False)
+    if not listed and not skip:
+        return {}
+    if kind not in ("imagenet", "folder"):
+        flag = "--exclude-list" if listed else "--skip-bad"
+        raise TrainError(f"{flag} applies to image-folder data sets (ImageNet layout), not --dataset {args.dataset}")
+    from ..data.decode_check import find_bad_files
+    from ..data.exclude import ExcludeList, read_exclude_list
+
+    excl = read_exclude_list(listed) if listed else ExcludeList([], "")
+    if skip:
+        # rank 0 checks (and caches); the other ranks wait, then read the cached answer
+        ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
+        if ddp and not rt.is_main:
+            torch.distributed.barrier()
+        found = []
+        for split in ("train", "val"):
+            folder = Path(root).expanduser() / split
+            if folder.is_dir():
+                bad, cached = find_bad_files(folder, progress=rt.is_main and args.progress,
+                                             log=log.info if rt.is_main else None)
+                if rt.is_main:
+                    log.info("--skip-bad: %d unusable file(s) in %s%s", len(bad), folder,
+                             " (cached check)" if cached else "")
+                found += [p for p, _ in bad]
+        if ddp and rt.is_main:
+            torch.distributed.barrier()
+        checked = ExcludeList(found, "the --skip-bad check")
+        excl = excl + checked if listed else checked
+    return dict(exclude=excl)
 
 
 def _experiment_kwargs(args) -> dict:

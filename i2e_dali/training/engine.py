@@ -84,6 +84,10 @@ def make_train_step(
     return step
 
 
+def _excluded_note(n) -> str:
+    return "" if n is None else f", {n} excluded"
+
+
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
@@ -146,6 +150,10 @@ def evaluate(
     if n == 0:
         raise TrainError("the validation set yielded no samples")
     res = {"top1": 100.0 * c1 / n, "top5": 100.0 * c5 / n, "loss": loss / n, "count": int(round(n))}
+    source = getattr(loader, "source", None)
+    if getattr(source, "exclude_origin", None) is not None:  # honest counts: images left out by request
+        res["excluded"] = len(source.excluded)
+        res["excluded_from"] = source.exclude_origin
     if meter is not None:
         res["firing_rates"] = meter.stage_rates()
     return res
@@ -440,10 +448,10 @@ class Trainer:
 
     def _report_epoch(self, r: dict) -> None:
         log.info(
-            "epoch %d/%d: val top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images) | train loss %.4f, %.0f img/s, "
+            "epoch %d/%d: val top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images%s) | train loss %.4f, %.0f img/s, "
             "data wait %.1f%% | best %.2f%%", r["epoch"], self.args.epochs, r["val_top1"], r["val_top5"],
-            r["val_loss"], r["val_count"], r["train_loss"], r["train_img_per_s"], 100 * r["train_data_wait_fraction"],
-            r["best_top1"],
+            r["val_loss"], r["val_count"], _excluded_note(r.get("val_excluded")), r["train_loss"],
+            r["train_img_per_s"], 100 * r["train_data_wait_fraction"], r["best_top1"],
         )
         with open(self.output_dir / "metrics.jsonl", "a") as f:
             f.write(json.dumps(r) + "\n")

@@ -113,8 +113,9 @@ def run(args: argparse.Namespace) -> dict | None:
                 log.warning("--evaluate without --pretrained or --resume: evaluating random weights")
             res = evaluate(model, val_loader, amp_dtype=amp_dtype, channels_last=args.channels_last,
                            progress=rt.is_main and args.progress)
-            log.info("evaluation: top-1 %.2f%% top-5 %.2f%% loss %.4f over %d images", res["top1"], res["top5"],
-                     res["loss"], res["count"])
+            log.info("evaluation: top-1 %.2f%% top-5 %.2f%% loss %.4f over %d images%s", res["top1"], res["top5"],
+                     res["loss"], res["count"],
+                     f" ({res['excluded']} excluded, listed in {res['excluded_from']})" if "excluded" in res else "")
             if rt.is_main:
                 print(json.dumps(res))
             if args.report is not None and rt.is_main:  # this rank's shard (all of it without DDP)
