@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+import struct
 import warnings
 import zipfile
 import zlib
@@ -122,17 +123,92 @@ def sparse_to_dense(rows: np.ndarray, frame_shape: Sequence[int], *, path: str |
 # --------------------------------------------------------------------------------------------------
 # single files
 # --------------------------------------------------------------------------------------------------
+# Everything a damaged or hostile file can make the zip/npy readers raise; each becomes an NpzFormatError
+# naming the file (zipfile: NotImplementedError for an unknown compression method, struct.error and
+# OverflowError for mangled headers; numpy's header parser: SyntaxError, TypeError, ValueError).
+_READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, zlib.error, KeyError,
+                NotImplementedError, struct.error, OverflowError, SyntaxError, TypeError, IndexError,
+                RuntimeError, MemoryError)
+# deflate cannot expand data more than ~1032x: a member cannot hold more bytes than this times its
+# compressed size, whatever its headers claim
+_MAX_DEFLATE_RATIO = 1100
+_MAX_FRAME_BYTES = 2**31  # a dense [T, 2, H, W] bool frame stack larger than 2 GiB is not an I2E sample
+
+
+def _unreadable(path, exc: BaseException) -> NpzFormatError:
+    return NpzFormatError(
+        f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); it is corrupt or truncated - "
+        "delete it and export/download it again"
+    )
+
+
 def _read_npy_header(zf: zipfile.ZipFile, key: str, path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with zf.open(f"{key}.npy") as f:
-            version = np.lib.format.read_magic(f)
-            if version == (1, 0):
-                shape, _, dtype = np.lib.format.read_array_header_1_0(f)
-            else:
-                shape, _, dtype = np.lib.format.read_array_header_2_0(f)
+            shape, dtype = _header(f, path)
     except KeyError:
         raise NpzFormatError(f"{path}: no array '{key}' in the npz (has {zf.namelist()})") from None
-    return tuple(int(s) for s in shape), np.dtype(dtype)
+    return shape, dtype
+
+
+def _header(f, path) -> tuple[tuple[int, ...], np.dtype]:
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    dtype = np.dtype(dtype)
+    if dtype.hasobject or fortran:
+        raise NpzFormatError(f"{path}: holds a {'Fortran-order ' if fortran else ''}{dtype} array; I2E event "
+                             "files hold plain C-order bool or integer arrays")
+    return tuple(int(s) for s in shape), dtype
+
+
+def _read_member(zf: zipfile.ZipFile, key: str, path) -> np.ndarray:
+    """One array of an npz, its size checked against what the member can hold before anything is allocated."""
+    info = zf.getinfo(f"{key}.npy")
+    with zf.open(info) as f:
+        shape, dtype = _header(f, path)
+        claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+        packed = min(info.compress_size, os.path.getsize(path))  # a forged directory cannot outgrow the file
+        can_hold = min(info.file_size, packed if info.compress_type == zipfile.ZIP_STORED
+                       else packed * _MAX_DEFLATE_RATIO + 4096)
+        if claimed > can_hold:
+            raise NpzFormatError(
+                f"{path}: array '{key}' claims shape {list(shape)} ({claimed:,} bytes) but the file holds at most "
+                f"{can_hold:,}; the file is corrupt - delete it and export/download it again"
+            )
+    with zf.open(info) as f:  # read_array parses the header again, from the start
+        return np.lib.format.read_array(f, allow_pickle=False)
+
+
+def _read_arrays(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named arrays that exist in the npz at ``path`` (``arr_0`` must); every failure an NpzFormatError."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "arr_0.npy" not in names:
+                stems = sorted(n[:-4] if n.endswith(".npy") else n for n in names)
+                raise NpzFormatError(f"{path}: no array 'arr_0' in the npz (has {stems}); not an I2E event file")
+            return {k: _read_member(zf, k, path) for k in keys if f"{k}.npy" in names}
+    except FileNotFoundError:
+        raise NpzFormatError(f"{path}: file not found") from None
+    except NpzFormatError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def _frame_shape(values, path, what: str) -> tuple[int, int, int]:
+    """(T, H, W) from a stored shape array or metadata, refused when absurd (before a frame is allocated)."""
+    try:
+        T, H, W = (int(v) for v in np.asarray(values).reshape(-1))
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise NpzFormatError(f"{path}: {what} must hold [T, H, W], got {values!r}") from exc
+    if min(T, H, W) < 1 or T * 2 * H * W > _MAX_FRAME_BYTES:
+        raise NpzFormatError(f"{path}: {what} [T, H, W] = {[T, H, W]} is not a plausible frame shape "
+                             f"(each >= 1, at most {_MAX_FRAME_BYTES:,} bytes of frames); the file is corrupt")
+    return T, H, W
 
 
 def read_npz_info(path: str | os.PathLike) -> NpzInfo:
@@ -146,20 +222,16 @@ def read_npz_info(path: str | os.PathLike) -> NpzInfo:
             shape, dtype = _read_npy_header(zf, "arr_0", path)
             frame_shape = None
             if f"{SHAPE_KEY}.npy" in zf.namelist():
-                with zf.open(f"{SHAPE_KEY}.npy") as f:
-                    stored = np.lib.format.read_array(f)
+                stored = _read_member(zf, SHAPE_KEY, path)
                 if stored.shape != (3,):
                     raise NpzFormatError(f"{path}: '{SHAPE_KEY}' must hold [T, H, W], got {stored!r}")
-                frame_shape = tuple(int(v) for v in stored)
+                frame_shape = _frame_shape(stored, path, f"'{SHAPE_KEY}'")
     except FileNotFoundError:
         raise NpzFormatError(f"{path}: file not found") from None
     except NpzFormatError:
         raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error) as exc:
-        raise NpzFormatError(
-            f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); it is corrupt or truncated - "
-            "delete it and export/download it again"
-        ) from exc
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
     if len(shape) == 4 and shape[1] == 2:
         return NpzInfo("dense", shape, dtype, (shape[0], shape[2], shape[3]))
     if len(shape) == 2 and shape[1] == 4:
@@ -179,21 +251,8 @@ def load_events(
     stores it, a given ``frame_shape`` overrides it.
     """
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "arr_0" not in data.files:
-                raise NpzFormatError(f"{path}: no array 'arr_0' in the npz (has {data.files}); not an I2E event file")
-            arr = data["arr_0"]
-            stored = data[SHAPE_KEY] if SHAPE_KEY in data.files else None
-    except FileNotFoundError:
-        raise NpzFormatError(f"{path}: file not found") from None
-    except NpzFormatError:
-        raise
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError, zlib.error, KeyError) as exc:
-        raise NpzFormatError(
-            f"{path}: not a readable npz file ({type(exc).__name__}: {exc}); it is corrupt or truncated - "
-            "delete it and export/download it again"
-        ) from exc
+    arrays = _read_arrays(path, ("arr_0", SHAPE_KEY))
+    arr, stored = arrays["arr_0"], arrays.get(SHAPE_KEY)
     if arr.ndim == 4 and arr.shape[1] == 2:
         if arr.dtype != np.bool_:
             if not np.issubdtype(arr.dtype, np.integer):
@@ -208,7 +267,7 @@ def load_events(
                     "(e.g. --timesteps 8 --size 224)"
                 )
             frame_shape = stored
-        return sparse_to_dense(arr, frame_shape, path=path)
+        return sparse_to_dense(arr, _frame_shape(frame_shape, path, "the frame shape"), path=path)
     raise NpzFormatError(
         f"{path}: arr_0 has shape {arr.shape}; expected dense [T, 2, H, W] or sparse [N, 4] (t, p, x, y) events"
     )
@@ -251,9 +310,13 @@ def read_meta(root: str | os.PathLike) -> dict | None:
         meta = folder / META_NAME
         if meta.is_file():
             try:
-                return json.loads(meta.read_text())
-            except (OSError, json.JSONDecodeError) as exc:
+                data = json.loads(meta.read_text(encoding="utf-8"))
+            except (OSError, ValueError, RecursionError) as exc:  # ValueError: bad JSON or bad UTF-8
                 raise NpzFormatError(f"{meta}: unreadable metadata ({exc}); delete it or fix the JSON") from exc
+            if not isinstance(data, dict):
+                raise NpzFormatError(f"{meta}: metadata must be a JSON object, got {type(data).__name__}; "
+                                     "delete it or fix the JSON")
+            return data
     return None
 
 
@@ -327,7 +390,8 @@ class NpzEventDataset(Dataset):
         if stored is None:
             meta = read_meta(self.root)
             if meta is not None and {"timesteps", "height", "width"} <= meta.keys():
-                stored = (int(meta["timesteps"]), int(meta["height"]), int(meta["width"]))
+                stored = _frame_shape([meta["timesteps"], meta["height"], meta["width"]], self.root / META_NAME,
+                                      "timesteps/height/width")
         if stored is None:
             stored = (timesteps, *hw) if timesteps is not None and hw is not None else self._infer_sparse_shape(timesteps, hw)
         if hw is not None and hw != tuple(stored[1:]):
@@ -347,11 +411,10 @@ class NpzEventDataset(Dataset):
         step = max(1, len(self.samples) // _INFER_FILES)
         tmax = xmax = ymax = 0
         for path, _ in self.samples[::step][:_INFER_FILES]:
-            try:
-                with np.load(path, allow_pickle=False) as data:
-                    rows = data["arr_0"]
-            except Exception as exc:  # noqa: BLE001 - re-raised with the file named
-                raise NpzFormatError(f"{path}: not a readable npz file ({type(exc).__name__}: {exc})") from exc
+            rows = _read_arrays(Path(path), ("arr_0",))["arr_0"]
+            if rows.ndim != 2 or rows.shape[1] != 4 or not np.issubdtype(rows.dtype, np.integer):
+                raise NpzFormatError(f"{path}: arr_0 is {rows.dtype} {list(rows.shape)}, not sparse [N, 4] integer "
+                                     "(t, p, x, y) events like the split's first file")
             if rows.size:
                 tmax = max(tmax, int(rows[:, 0].max()))
                 xmax = max(xmax, int(rows[:, 2].max()))
