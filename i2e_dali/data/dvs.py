@@ -52,7 +52,7 @@ from tqdm.auto import tqdm
 
 from ..fsio import atomic_write
 from ..placement import DEFAULT_SEED, usable_cores
-from ..errors import DVSFormatError, DVSCacheError
+from ..errors import DVSFormatError, DVSCacheError, NpzFormatError
 
 __all__ = [
     "CIFAR10DVS_CLASSES",
@@ -380,14 +380,18 @@ class FrameCache:
 
     def load(self, path: Path) -> np.ndarray:
         """The cached counts ``[T, 2, 128, 128]`` of one recording."""
+        from .npz import read_npz_arrays  # the bounded npz reader: a damaged entry cannot claim gigabytes
+
         try:
-            with np.load(path) as z:
-                frames = z["frames"]
-        except (OSError, ValueError, KeyError, EOFError) as exc:
+            frames = read_npz_arrays(path, ("frames",), required="frames", what="a frame cache entry")["frames"]
+        except NpzFormatError as exc:
             raise DVSFormatError(
-                f"{path}: unreadable cached frames ({exc}); delete this file (or the cache folder) to rebuild it"
+                f"unreadable cached frames ({exc}); delete this file (or the cache folder) to rebuild it"
             ) from exc
         expected = (self.timesteps, 2, *SENSOR_SIZE)
+        if not np.issubdtype(frames.dtype, np.integer):
+            raise DVSFormatError(f"{path}: cached frames are {frames.dtype}, not event counts; delete this file "
+                                 "(or the cache folder) to rebuild it")
         if frames.shape != expected:
             raise DVSFormatError(
                 f"{path}: cached frames have shape {list(frames.shape)}, expected {list(expected)}; "

@@ -41,6 +41,7 @@ __all__ = [
     "sparse_to_dense",
     "sparse_dtype",
     "read_npz_info",
+    "read_npz_arrays",
     "load_events",
     "write_npz",
     "read_meta",
@@ -182,14 +183,17 @@ def _read_member(zf: zipfile.ZipFile, key: str, path) -> np.ndarray:
         return np.lib.format.read_array(f, allow_pickle=False)
 
 
-def _read_arrays(path: Path, keys: Sequence[str]) -> dict[str, np.ndarray]:
-    """The named arrays that exist in the npz at ``path`` (``arr_0`` must); every failure an NpzFormatError."""
+def read_npz_arrays(path: str | os.PathLike, keys: Sequence[str], *, required: str = "arr_0",
+                    what: str = "an I2E event file") -> dict[str, np.ndarray]:
+    """The named arrays that exist in the npz at ``path`` (``required`` must), each checked against what
+    the file can hold before it is allocated; every failure is an NpzFormatError naming the file."""
+    path = Path(path)
     try:
         with zipfile.ZipFile(path) as zf:
             names = set(zf.namelist())
-            if "arr_0.npy" not in names:
+            if f"{required}.npy" not in names:
                 stems = sorted(n[:-4] if n.endswith(".npy") else n for n in names)
-                raise NpzFormatError(f"{path}: no array 'arr_0' in the npz (has {stems}); not an I2E event file")
+                raise NpzFormatError(f"{path}: no array '{required}' in the npz (has {stems}); not {what}")
             return {k: _read_member(zf, k, path) for k in keys if f"{k}.npy" in names}
     except FileNotFoundError:
         raise NpzFormatError(f"{path}: file not found") from None
@@ -251,7 +255,7 @@ def load_events(
     stores it, a given ``frame_shape`` overrides it.
     """
     path = Path(path)
-    arrays = _read_arrays(path, ("arr_0", SHAPE_KEY))
+    arrays = read_npz_arrays(path, ("arr_0", SHAPE_KEY))
     arr, stored = arrays["arr_0"], arrays.get(SHAPE_KEY)
     if arr.ndim == 4 and arr.shape[1] == 2:
         if arr.dtype != np.bool_:
@@ -411,7 +415,7 @@ class NpzEventDataset(Dataset):
         step = max(1, len(self.samples) // _INFER_FILES)
         tmax = xmax = ymax = 0
         for path, _ in self.samples[::step][:_INFER_FILES]:
-            rows = _read_arrays(Path(path), ("arr_0",))["arr_0"]
+            rows = read_npz_arrays(path, ("arr_0",))["arr_0"]
             if rows.ndim != 2 or rows.shape[1] != 4 or not np.issubdtype(rows.dtype, np.integer):
                 raise NpzFormatError(f"{path}: arr_0 is {rows.dtype} {list(rows.shape)}, not sparse [N, 4] integer "
                                      "(t, p, x, y) events like the split's first file")
