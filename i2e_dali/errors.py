@@ -15,6 +15,7 @@ __all__ = [
     "ParquetFormatError",
     "DVSFormatError",
     "DVSCacheError",
+    "EventGIFError",
     "CheckpointError",
     "TrainError",
     "ExportError",
@@ -55,6 +56,10 @@ class DVSFormatError(I2EError, ValueError):
 
 class DVSCacheError(I2EError, ValueError):
     """The frame cache cannot be written where it was asked for; the message says what to pass instead."""
+
+
+class EventGIFError(I2EError, ValueError):
+    """An event GIF that cannot be read (corrupt, not a GIF, or implausibly large); the message names the file."""
 
 
 # models and training

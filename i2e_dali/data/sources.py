@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import os
 import pickle
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
@@ -270,14 +271,51 @@ class _CifarUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError(f"unexpected object {module}.{name} in a CIFAR batch")
 
 
+# What unpickling a damaged batch can raise (a mangled opcode stream: IndexError/KeyError from the memo,
+# struct.error, OverflowError, RecursionError for deep nesting, UnicodeDecodeError inside ValueError).
+_PICKLE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+                  struct.error, OverflowError, RecursionError, MemoryError, ImportError, OSError)
+
+
 def _load_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as f:
-            return _CifarUnpickler(f, encoding="bytes").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
+            data = _CifarUnpickler(f, encoding="bytes").load()
+    except FileNotFoundError:
+        raise MissingDataError(f"{path} does not exist; re-download and unpack the data set") from None
+    except _PICKLE_ERRORS as exc:
         raise DatasetError(
-            f"{path} is not a readable CIFAR python batch ({exc}); re-download and unpack the data set"
+            f"{path} is not a readable CIFAR python batch ({type(exc).__name__}: {exc}); re-download and "
+            "unpack the data set"
         ) from exc
+    if not isinstance(data, dict):
+        raise DatasetError(f"{path} is not a CIFAR python batch (it holds a {type(data).__name__}, not a dict); "
+                           "re-download and unpack the data set")
+    return data
+
+
+def _batch_arrays(path: Path, batch: dict, label_key: bytes, name: str, variant: str):
+    """(images uint8 [N, 32, 32, 3], labels int64 [N], stems) of one batch; DatasetError naming the file."""
+    try:
+        data = batch[b"data"]
+        if not isinstance(data, np.ndarray):
+            raise TypeError(f"data is a {type(data).__name__}, not an array")
+        data = np.asarray(data, dtype=np.uint8)
+        lab = np.asarray(batch[label_key], dtype=np.int64)
+        files = batch.get(b"filenames", [f"{name}_{i:05d}".encode() for i in range(len(lab))])
+        stems = [os.path.splitext(f.decode() if isinstance(f, bytes) else str(f))[0] for f in files]
+    except KeyError as exc:
+        raise DatasetError(f"{path} lacks the field {exc}; is it a {variant} batch?") from exc
+    except (ValueError, TypeError, OverflowError, AttributeError) as exc:  # incl. UnicodeDecodeError
+        raise DatasetError(f"{path}: malformed CIFAR batch ({type(exc).__name__}: {exc}); re-download and "
+                           "unpack the data set") from exc
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or lab.ndim != 1 or len(lab) != data.shape[0] \
+            or len(stems) != len(lab):
+        raise DatasetError(
+            f"{path}: expected data [N, 3072] with N labels and N file names, got {data.shape}, "
+            f"{lab.shape} and {len(stems)}"
+        )
+    return data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1), lab, stems
 
 
 def resolve_cifar_root(root: str | os.PathLike, variant: str) -> Path:
@@ -328,27 +366,26 @@ class CifarSource:
                 f"CIFAR folder {self.root} lacks {', '.join(missing)} (expected {', '.join(wanted)}). "
                 f"Re-download {spec['url']} and unpack it completely."
             )
-        meta = _load_pickle(self.root / spec["meta"][0])
-        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec["meta"][1]]]
+        meta_path = self.root / spec["meta"][0]
+        meta = _load_pickle(meta_path)
+        try:
+            self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[spec["meta"][1]]]
+        except KeyError as exc:
+            raise DatasetError(f"{meta_path} lacks the field {exc}; is it {variant}'s meta file?") from exc
+        except (TypeError, ValueError) as exc:  # incl. UnicodeDecodeError
+            raise DatasetError(f"{meta_path}: malformed class names ({exc}); re-download the data set") from exc
+        if not self.classes:
+            raise DatasetError(f"{meta_path} lists no class names; re-download the data set")
         images, labels, stems = [], [], []
         for name in names:
-            batch = _load_pickle(self.root / name)
-            try:
-                data = np.asarray(batch[b"data"], dtype=np.uint8)
-                lab = np.asarray(batch[spec["labels"]], dtype=np.int64)
-                files = batch.get(b"filenames", [f"{name}_{i:05d}".encode() for i in range(len(lab))])
-            except KeyError as exc:
-                raise DatasetError(f"{self.root / name} lacks the field {exc}; is it a {variant} batch?") from exc
-            if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or len(lab) != data.shape[0]:
-                raise DatasetError(
-                    f"{self.root / name}: expected data [N, 3072] with N labels, got {data.shape} and {len(lab)}"
-                )
-            images.append(data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+            img, lab, st = _batch_arrays(self.root / name, _load_pickle(self.root / name), spec["labels"], name,
+                                         variant)
+            images.append(img)
             labels.append(lab)
-            stems += [os.path.splitext(f.decode() if isinstance(f, bytes) else str(f))[0] for f in files]
+            stems += st
         self.images = np.ascontiguousarray(np.concatenate(images))
         self.label_array = np.concatenate(labels)
-        if self.label_array.min() < 0 or self.label_array.max() >= len(self.classes):
+        if self.label_array.size and (self.label_array.min() < 0 or self.label_array.max() >= len(self.classes)):
             raise DatasetError(f"{self.root}: labels outside 0..{len(self.classes) - 1}")
         self.samples = list(zip(stems, self.label_array.tolist()))
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import struct
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 from PIL import GifImagePlugin, Image, ImageDraw, ImageFont, ImageSequence
 
+from ..errors import EventGIFError
 from ..fsio import atomic_write
 from ..convert import DEFAULT_ORDER, GROUP_LETTERS, MOTION_GROUPS, i2e_convert, parse_order
 
@@ -94,6 +96,14 @@ def write_gif(events, path: str | os.PathLike, *, duration_ms: int = FRAME_MS) -
     return path
 
 
+# Event GIFs are a few hundred pixels a side and T <= 8 frames; these bounds keep a damaged header from
+# making us allocate gigabytes (a GIF may claim 65535 x 65535 pixels per frame).
+_GIF_MAX_PIXELS = 4096 * 4096
+_GIF_MAX_BYTES = 2**30
+_GIF_ERRORS = (OSError, ValueError, EOFError, struct.error, IndexError, KeyError, TypeError, ZeroDivisionError,
+               OverflowError, MemoryError, RuntimeError, SyntaxError, Image.DecompressionBombError)
+
+
 def gif_to_events(path: str | os.PathLike) -> np.ndarray:
     """Decode an event GIF (ours or the authors') to bool ``[T, 2, H, W]``: red = ON, blue = OFF.
 
@@ -103,13 +113,26 @@ def gif_to_events(path: str | os.PathLike) -> np.ndarray:
     greys are none).
     """
     path = Path(path)
+    frames = []
     try:
         with Image.open(path) as im:
-            frames = [np.asarray(f.convert("RGB")) for f in ImageSequence.Iterator(im)]
+            w, h = im.size
+            if w * h > _GIF_MAX_PIXELS:  # refused from the header, before a pixel is decoded
+                raise EventGIFError(f"{path}: the GIF claims {w} x {h} pixels per frame (more than "
+                                    f"{_GIF_MAX_PIXELS:,}); not an event GIF, or corrupt")
+            for f in ImageSequence.Iterator(im):
+                if (len(frames) + 1) * w * h * 3 > _GIF_MAX_BYTES:
+                    raise EventGIFError(f"{path}: more than {len(frames)} frames of {w} x {h}; not an event GIF, "
+                                        "or corrupt")
+                frames.append(np.asarray(f.convert("RGB")))
     except FileNotFoundError:
         raise FileNotFoundError(f"GIF {path} does not exist") from None
-    except (OSError, ValueError, EOFError) as exc:
-        raise ValueError(f"{path}: not a readable GIF ({exc})") from exc
+    except EventGIFError:
+        raise
+    except _GIF_ERRORS as exc:  # what Pillow raises on damaged files (struct.error, IndexError, bombs, ...)
+        raise EventGIFError(f"{path}: not a readable GIF ({type(exc).__name__}: {exc})") from exc
+    if not frames or any(fr.shape != frames[0].shape for fr in frames):
+        raise EventGIFError(f"{path}: no frames, or frames of different sizes; not an event GIF")
     rgb = np.stack(frames).astype(np.int16)  # [T, H, W, 3]
     r, g, b = rgb[..., 0] >= 128, rgb[..., 1] >= 128, rgb[..., 2] >= 128
     on = r & ~g
