@@ -59,7 +59,34 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"{path} is not an i2e-dali training checkpoint (no format tag {CKPT_FORMAT!r}); "
             "to start from foreign weights use --pretrained instead of --resume"
         )
+    _check_fields(ckpt, path)
     return ckpt
+
+
+def _check_fields(ckpt: dict, path: Path) -> None:
+    """A tagged checkpoint whose fields were damaged is refused by name, before a model or optimiser
+    meets a wrong type deep inside torch."""
+    def bad(field: str, want: str):
+        return CheckpointError(f"{path}: damaged checkpoint: '{field}' is missing or not {want} "
+                               f"(got {type(ckpt.get(field)).__name__}); use another copy (e.g. best.pt or an "
+                               "earlier last.pt)")
+
+    model = ckpt.get("model")
+    if not isinstance(model, dict) or not model or not all(
+            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
+        raise bad("model", "a state dict of tensors")
+    for key in ("optimizer", "scheduler"):
+        if not isinstance(ckpt.get(key), dict):
+            raise bad(key, "a state dict")
+    for key in ("epoch", "step_in_epoch", "global_step"):
+        v = ckpt.get(key)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise bad(key, "a count >= 0")
+    if isinstance(ckpt.get("best_top1"), bool) or not isinstance(ckpt.get("best_top1"), (int, float)):
+        raise bad("best_top1", "a number")
+    ranks = ckpt.get("ranks")
+    if ranks is not None and (not isinstance(ranks, list) or not all(isinstance(r, dict) for r in ranks)):
+        raise bad("ranks", "a list of per-rank dicts")
 
 
 def clean_stale_temps(output_dir: Path) -> None:
