@@ -108,3 +108,36 @@ def test_train_stops_at_the_first_bad_file_unless_told(broken, tmp_path, capsys,
     with pytest.raises(SystemExit):
         main(tiny_args(root, tmp_path / "c", "--dataset", "cifar10", "--exclude-list", str(lst)))
     assert "applies to image-folder data sets" in capsys.readouterr().err
+
+
+def test_export_one_split_and_exclude_list(broken, tmp_path, capsys):
+    """i2e-export: a root with only val/ (or only train/) and no --split exports what exists and says so;
+    --split both with one missing stays a clear error; --exclude-list leaves the listed files out."""
+    import shutil
+
+    from i2e_dali.tools.export import main as export_main
+
+    root, bad = broken
+    only_val = tmp_path / "only_val"
+    shutil.copytree(root / "val", only_val / "val")
+    common = ["--format", "sparse", "--batch-size", "4", "--workers", "1", "--dali-threads", "1", "--device", "cpu",
+              "--no-progress", "--size", "16"]
+    lst = tmp_path / "bad.txt"
+    lst.write_text(str(only_val / "val" / os.path.relpath(bad[1], root / "val")) + "\n")
+    assert export_main(["--data", str(only_val), "--out", str(tmp_path / "o1"), "--exclude-list", str(lst)]
+                       + common) == 0
+    out = capsys.readouterr().out
+    assert "has val/ but no train/: exporting only val" in out
+    assert f"1 image(s) of val excluded (listed in {lst})" in out
+    assert sorted(p.name for p in (tmp_path / "o1").iterdir()) == ["val"]
+    assert len(list((tmp_path / "o1" / "val").rglob("*.npz"))) == 2 * 3 - 1
+
+    only_train = tmp_path / "only_train"
+    shutil.copytree(root / "train", only_train / "train")
+    (only_train / "train" / os.path.relpath(bad[0], root / "train")).unlink()
+    assert export_main(["--data", str(only_train), "--out", str(tmp_path / "o2")] + common) == 0
+    assert "has train/ but no val/: exporting only train" in capsys.readouterr().out
+    assert sorted(p.name for p in (tmp_path / "o2").iterdir()) == ["train"]
+
+    assert export_main(["--data", str(only_val), "--out", str(tmp_path / "o3"), "--split", "both"] + common) == 1
+    assert "train does not exist" in capsys.readouterr().err

@@ -54,7 +54,8 @@ class ExportConfig:
     out: Path
     format: str = "dense"
     dataset: str = "imagenet"
-    splits: tuple[str, ...] = ("train", "val")
+    splits: tuple[str, ...] | None = None  # None: train and val, or the one of them the folder has (said in split_note)
+    exclude: Path | None = None  # a list of files to leave out (i2e-check --list's file)
     ratio: float | None = None  # None: the source's default (0.12 ImageNet, 0.07 CIFAR)
     fixed_threshold: float | None = None  # the paper's Table 4 ablation: one absolute threshold (ratio unused)
     timesteps: int = 8
@@ -90,6 +91,7 @@ class ExportSummary:
     per_timestep_rate: list[float] = field(default_factory=list)
     shards_written: int = 0  # parquet shards
     shards_skipped: int = 0
+    excluded: int = 0  # source images left out by --exclude-list
     shares: list[dict] = field(default_factory=list)  # each rank's part: rank, files, bytes, seconds
     rate_note: str = ""  # with a preset: the event rate against the catalog's
 
@@ -150,7 +152,32 @@ def _check_paths(data: Path, out: Path) -> None:
 def _source_for(cfg: ExportConfig, split: str):
     from ..data.sources import open_source
 
-    return open_source(cfg.data, split, cfg.dataset)
+    if cfg.exclude is None:
+        return open_source(cfg.data, split, cfg.dataset)
+    if cfg.dataset not in ("imagenet", "folder"):
+        raise ExportError(f"--exclude-list applies to image-folder data sets, not --dataset {cfg.dataset}")
+    from ..data.exclude import read_exclude_list
+
+    return open_source(cfg.data, split, cfg.dataset, exclude=read_exclude_list(cfg.exclude))
+
+
+def resolve_splits(cfg: ExportConfig) -> str | None:
+    """Fill ``cfg.splits`` when it was not given: both splits, or the only one an image-folder root has.
+    Returns a note saying so in that case (None otherwise). A given ``splits`` is kept as it is: an
+    explicit --split both with one of them missing stays the clear error of the source."""
+    if cfg.splits is not None:
+        return None
+    cfg.splits = ("train", "val")
+    if cfg.dataset not in ("imagenet", "folder"):
+        return None
+    data = Path(cfg.data).expanduser()
+    present = tuple(s for s in ("train", "val") if (data / s).is_dir())
+    if len(present) == 1:
+        cfg.splits = present
+        missing = "val" if present == ("train",) else "train"
+        return (f"{data} has {present[0]}/ but no {missing}/: exporting only {present[0]} "
+                f"(--split {present[0]}); pass --split both to require both")
+    return None
 
 
 def _is_cifar(source) -> bool:
@@ -250,7 +277,7 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
     parquet = cfg.format == "parquet"
     out_split = cfg.out if parquet else cfg.out / split
     out_split.mkdir(parents=True, exist_ok=True)
-    summary = ExportSummary(split=split)
+    summary = ExportSummary(split=split, excluded=len(getattr(source, "excluded", ())))
     if rank == 0:  # before any rank writes (barrier below): a temp file now is a killed run's
         summary.removed_partials = _remove_partials(out_split)
     view = _view_for(cfg, split)
@@ -408,8 +435,11 @@ def export(cfg: ExportConfig, *, opener: Callable = open) -> list[ExportSummary]
     cfg.data, cfg.out = data, out
     _check_paths(data, out)
     export_dist.barrier()  # every rank's write probe is gone before rank 0 sweeps temp files
+    resolve_splits(cfg)
     summaries = [export_split(cfg, split, opener=opener) for split in cfg.splits]
     merged = export_dist.merge(export_dist.gather(summaries), ExportSummary)  # every rank's share
+    for m, mine in zip(merged, summaries):  # every rank read the whole split: its count, not a sum
+        m.excluded = mine.excluded
     for s in merged:
         if cfg.preset is not None and s.cells:
             s.rate_note = rate_check(cfg.preset, s.events / s.cells)[1]
@@ -441,7 +471,10 @@ def _parse_args(argv):
                    help="dense: arr_0 bool [T,2,H,W]; sparse: [N,4] rows (t,p,x,y), p=1 ON; parquet: the authors' "
                         "hub layout (default: parquet with --preset, else dense)")
     p.add_argument("--dataset", choices=SOURCE_KINDS, default=None, help="source kind (default imagenet, or the preset's)")
-    p.add_argument("--split", choices=("train", "val", "both"), default="both")
+    p.add_argument("--split", choices=("train", "val", "both"), default=None,
+                   help="default: both, or the only one of train/ and val/ the folder has (said in the output)")
+    p.add_argument("--exclude-list", type=Path, default=None, metavar="FILE",
+                   help="leave out the image files listed in FILE, one path per line (`i2e-check ROOT --list FILE`)")
     p.add_argument("--ratio", type=float, default=None, help="threshold ratio (default 0.12 ImageNet, 0.07 CIFAR)")
     p.add_argument("--fixed-threshold", type=float, default=None, metavar="X",
                    help="ablation: one absolute threshold X on V in (0, 1] for every image instead of ratio x range")
@@ -467,7 +500,8 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     cfg = ExportConfig(
         data=args.data, out=args.out, format=args.format, dataset=args.dataset,
-        splits=("train", "val") if args.split == "both" else (args.split,),
+        splits=None if args.split is None else ("train", "val") if args.split == "both" else (args.split,),
+        exclude=args.exclude_list,
         ratio=args.ratio, fixed_threshold=args.fixed_threshold, timesteps=args.timesteps, order=args.order,
         view=args.view,
         batch_size=args.batch_size, workers=args.workers, dali_threads=args.dali_threads,
@@ -477,6 +511,9 @@ def main(argv=None) -> int:
     )
     rank, _, started = export_dist.init_ranks()  # under torchrun: one process per GPU, files split
     try:
+        note = resolve_splits(cfg) if cfg.preset is None else None  # (a preset picks the kind in export())
+        if note and rank == 0:
+            print(note)
         summaries = export(cfg)
     except (ExportError, ValueError, OSError) as exc:
         print(f"i2e-export: error{f' (rank {rank})' if started else ''}: {exc}", file=sys.stderr)
@@ -487,6 +524,8 @@ def main(argv=None) -> int:
         return 0
     for s in summaries:
         print(s.line())
+        if cfg.exclude is not None:
+            print(f"  {s.excluded} image(s) of {s.split} excluded (listed in {cfg.exclude})")
         if s.per_timestep_rate:
             print("  event rate per timestep: " + " ".join(f"{r:.4f}" for r in s.per_timestep_rate))
         print_shares(s)
