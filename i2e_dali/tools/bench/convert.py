@@ -14,7 +14,7 @@ def _conv_baseline():
     try:
         from ...convert.conv_baseline import conv_i2e
     except ImportError as exc:  # the lead's module; named in the error rather than skipped silently
-        raise BenchError(f"the conv baseline (i2e_dali.baseline.conv_i2e) is not importable: {exc}") from exc
+        raise BenchError(f"the conv baseline (i2e_dali.convert.conv_baseline.conv_i2e) is not importable: {exc}") from exc
     return conv_i2e
 
 def exact_conv(device: torch.device):
