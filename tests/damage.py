@@ -56,6 +56,51 @@ def duplicate_chunk(data: bytes, rng: random.Random) -> bytes:
 GENERIC = (bit_flips, truncate, junk_run, big_number, duplicate_chunk)
 
 
+def zip_member(data: bytes, rng: random.Random) -> bytes:
+    """Damage the content of one member of a zip (npz, torch checkpoint) and re-pack it with valid CRCs,
+    so the damage reaches the reader behind the zip layer; mostly near the member's start (headers)."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            members = [(i, zf.read(i)) for i in zf.infolist()]
+    except Exception:  # noqa: BLE001 - not a (complete) zip: damage the bytes instead
+        return bit_flips(data, rng)
+    k = rng.randrange(len(members))
+    info, content = members[k]
+    if content:
+        if rng.random() < 0.6:  # the header region of an .npy / pickle
+            head = content[:128]
+            content = mutate(head, rng, (bit_flips, big_number, junk_run)) + content[128:]
+        else:
+            content = mutate(content, rng)
+    members[k] = (info, content)
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as zf:
+        for i, c in members:
+            zf.writestr(i, c, compress_type=i.compress_type)
+    return out.getvalue()
+
+
+def json_values(data: bytes, rng: random.Random) -> bytes:
+    """Replace values of a JSON object with values of the wrong kind or size."""
+    import json
+
+    try:
+        obj = json.loads(data)
+    except ValueError:
+        return bit_flips(data, rng)
+    if not isinstance(obj, dict) or not obj:
+        return bit_flips(data, rng)
+    weird = [None, -1, 0, 2**63, 1e308, float("nan"), "8", [8], {"a": 1}, True, 10**12]
+    for _ in range(rng.randint(1, 3)):
+        obj[rng.choice(sorted(obj))] = rng.choice(weird)
+    if rng.random() < 0.2:
+        obj = rng.choice([[obj], "text", 3])
+    return json.dumps(obj).encode()
+
+
 def mutate(data: bytes, rng: random.Random, ops=GENERIC, rounds: int | None = None) -> bytes:
     for _ in range(rounds or rng.randint(1, 3)):
         if not data:

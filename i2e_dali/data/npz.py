@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+import tokenize
 import warnings
 import zipfile
 import zlib
@@ -126,10 +127,11 @@ def sparse_to_dense(rows: np.ndarray, frame_shape: Sequence[int], *, path: str |
 # --------------------------------------------------------------------------------------------------
 # Everything a damaged or hostile file can make the zip/npy readers raise; each becomes an NpzFormatError
 # naming the file (zipfile: NotImplementedError for an unknown compression method, struct.error and
-# OverflowError for mangled headers; numpy's header parser: SyntaxError, TypeError, ValueError).
+# OverflowError for mangled headers; numpy's header parser: SyntaxError, tokenize.TokenError, TypeError,
+# ValueError; the last two found by tests/test_fuzz_readers.py).
 _READ_ERRORS = (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, zlib.error, KeyError,
-                NotImplementedError, struct.error, OverflowError, SyntaxError, TypeError, IndexError,
-                RuntimeError, MemoryError)
+                NotImplementedError, struct.error, OverflowError, SyntaxError, tokenize.TokenError, TypeError,
+                IndexError, RuntimeError, MemoryError)
 # deflate cannot expand data more than ~1032x: a member cannot hold more bytes than this times its
 # compressed size, whatever its headers claim
 _MAX_DEFLATE_RATIO = 1100
