@@ -94,7 +94,8 @@ def test_export_nir_cli(tmp_path, capsys):
 
     model = build_any("msresnet18", 10, width=4)
     ckpt = {"format": CKPT_FORMAT, "arch": "msresnet18", "width": 4, "num_classes": 10, "timesteps": 2,
-            "model": model.state_dict(), "config": {"size": 32, "timesteps": 2}}
+            "model": model.state_dict(), "config": {"size": 32, "timesteps": 2}, "optimizer": {}, "scheduler": {},
+            "epoch": 1, "step_in_epoch": 0, "global_step": 16, "best_top1": 50.0}
     save_checkpoint(ckpt, tmp_path / "best.pt")
     assert main(["--checkpoint", str(tmp_path / "best.pt"), "--out", str(tmp_path / "m.nir")]) == 0
     out = capsys.readouterr().out
