@@ -1,7 +1,7 @@
 """NIR export: the exported graph, read back from the file with spikingjelly's ``import_from_nir``, gives the
 same logits as our network on real I2E events (tolerance 1e-5 absolute; in practice bit-identical, because
 the logits only depend on the binary spikes of the last LIF and the fc weights, so equal logits mean equal
-spikes), for MS-ResNet18 and a zoo model; what NIR cannot hold is refused or kept on the host, by name."""
+spikes), for MS-ResNet18 and two zoo models (Spiking-ResNet18, SEW-ResNet18); what NIR cannot hold is refused or kept on the host, by name."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +45,7 @@ def _active(model: torch.nn.Module) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("arch,width", [("msresnet18", 4), ("spiking_resnet18", None)])
+@pytest.mark.parametrize("arch,width", [("msresnet18", 4), ("spiking_resnet18", None), ("sew_resnet18", None)])
 def test_nir_roundtrip_matches_our_network(arch, width, events, tmp_path):
     import nir
 
