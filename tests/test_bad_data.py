@@ -190,3 +190,15 @@ def test_loader_rejects_bad_arguments(tmp_path):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="no CUDA"):
             EventLoader(src, 1, train=False, device="cuda")
+
+
+def test_loader_culprit_search_names_the_file_from_isolated_workers(tmp_path):
+    """When DALI's error does not name the file, the loader finds it by decoding its shard again, in the
+    decode check's worker processes (never in the training process itself)."""
+    root = make_folder(tmp_path / "train", {"a": 3, "b": 3}, seed=4)
+    victim = root / "b" / "b_001.JPEG"
+    victim.write_bytes(victim.read_bytes()[:120])
+    ld = loader(ImageFolderSource(root))
+    err = ld._data_error("Critical error in pipeline:\nencountered:\n\nnvImageCodec failure: '#3'")
+    assert isinstance(err, UndecodableImageError)
+    assert str(victim) in str(err) and "i2e-check" in str(err)
