@@ -43,8 +43,15 @@ def _readers():
     def cifar(folder):
         return CifarSource(folder, train=False)
 
+    def checkpoint(path):  # what a resume reads: the file, then every field it restores
+        from i2e_dali.training.checkpoint import _fields_ok
+
+        ckpt = load_checkpoint(path)
+        _fields_ok(ckpt, path, required=True)
+        return ckpt
+
     return {"npz_dense": npz, "npz_sparse": npz, "npz_authors": npz_authors, "meta": meta, "aedat": aedat,
-            "dvs_cache": dvs_cache, "gif": gif_to_events, "cifar": cifar, "checkpoint": load_checkpoint}
+            "dvs_cache": dvs_cache, "gif": gif_to_events, "cifar": cifar, "checkpoint": checkpoint}
 
 
 def main() -> None:

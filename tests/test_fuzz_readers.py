@@ -301,3 +301,10 @@ def test_damaged_cifar_batches_and_checkpoint_fields(tmp_path):
         path = save_checkpoint({**good, field: value}, tmp_path / f"{field}.pt")
         with pytest.raises(CheckpointError, match=rf"{field}.pt: damaged checkpoint: '{field}'"):
             load_checkpoint(path)
+    # a resume needs every field the trainer restores; a missing one is named too
+    from i2e_dali.training.checkpoint import check_compatible
+
+    partial = load_checkpoint(save_checkpoint({k: v for k, v in good.items() if k != "scheduler"},
+                                              tmp_path / "partial.pt"))
+    with pytest.raises(CheckpointError, match=r"partial.pt: damaged checkpoint: 'scheduler' is missing"):
+        check_compatible(partial, None, 3, [], str(tmp_path / "partial.pt"))

@@ -59,34 +59,37 @@ def load_checkpoint(path: str | os.PathLike) -> dict:
             f"{path} is not an i2e-dali training checkpoint (no format tag {CKPT_FORMAT!r}); "
             "to start from foreign weights use --pretrained instead of --resume"
         )
-    _check_fields(ckpt, path)
+    _fields_ok(ckpt, path, required=False)
     return ckpt
 
 
-def _check_fields(ckpt: dict, path: Path) -> None:
-    """A tagged checkpoint whose fields were damaged is refused by name, before a model or optimiser
-    meets a wrong type deep inside torch."""
-    def bad(field: str, want: str):
-        return CheckpointError(f"{path}: damaged checkpoint: '{field}' is missing or not {want} "
-                               f"(got {type(ckpt.get(field)).__name__}); use another copy (e.g. best.pt or an "
-                               "earlier last.pt)")
+def _fields_ok(ckpt: dict, path, *, required: bool) -> None:
+    """A tagged checkpoint whose fields were damaged is refused by name, before a model or optimiser meets
+    a wrong type deep inside torch. Fields present must be well formed; ``required`` (a resume) also needs
+    every field the trainer restores."""
+    def is_count(v):
+        return not isinstance(v, bool) and isinstance(v, int) and v >= 0
 
-    model = ckpt.get("model")
-    if not isinstance(model, dict) or not model or not all(
-            isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in model.items()):
-        raise bad("model", "a state dict of tensors")
-    for key in ("optimizer", "scheduler"):
-        if not isinstance(ckpt.get(key), dict):
-            raise bad(key, "a state dict")
-    for key in ("epoch", "step_in_epoch", "global_step"):
-        v = ckpt.get(key)
-        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-            raise bad(key, "a count >= 0")
-    if isinstance(ckpt.get("best_top1"), bool) or not isinstance(ckpt.get("best_top1"), (int, float)):
-        raise bad("best_top1", "a number")
-    ranks = ckpt.get("ranks")
-    if ranks is not None and (not isinstance(ranks, list) or not all(isinstance(r, dict) for r in ranks)):
-        raise bad("ranks", "a list of per-rank dicts")
+    checks = (
+        ("model", "a state dict of tensors", lambda v: isinstance(v, dict) and bool(v) and all(
+            isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in v.items())),
+        ("optimizer", "a state dict", lambda v: isinstance(v, dict)),
+        ("scheduler", "a state dict", lambda v: isinstance(v, dict)),
+        ("epoch", "a count >= 0", is_count),
+        ("step_in_epoch", "a count >= 0", is_count),
+        ("global_step", "a count >= 0", is_count),
+        ("best_top1", "a number", lambda v: not isinstance(v, bool) and isinstance(v, (int, float))),
+        ("ranks", "a list of per-rank dicts", lambda v: isinstance(v, list) and all(isinstance(r, dict) for r in v)),
+    )
+    for field, want, ok in checks:
+        if field in ckpt:
+            if ok(ckpt[field]):
+                continue
+        elif not required or field == "ranks":
+            continue
+        raise CheckpointError(f"{path}: damaged checkpoint: '{field}' is missing or not {want} "
+                              f"(got {type(ckpt.get(field)).__name__}); use another copy (e.g. best.pt or an "
+                              "earlier last.pt)")
 
 
 def clean_stale_temps(output_dir: Path) -> None:
@@ -132,6 +135,7 @@ def plain_config(value):
 
 def check_compatible(ckpt: dict, args, num_classes: int, class_names: list[str], source: str) -> None:
     """Refuse a checkpoint of another model, width, data set or class list, saying what differs."""
+    _fields_ok(ckpt, source, required=True)  # a resume restores every field: all must be there and sound
     problems = []
     if ckpt.get("arch") != args.arch:
         problems.append(f"architecture {ckpt.get('arch')} (this run: --arch {args.arch})")
