@@ -346,10 +346,15 @@ class EventLoader(LoaderBase):
                 break
         detail = dali_error_detail(msg)
         if not paths and self.kind == "folder" and len(self._my_files()) <= _AUTO_CHECK_LIMIT:
-            # DALI did not say which file; on a small shard finding it is cheap, so do it now.
+            # DALI did not say which file; on a small shard finding it is cheap, so do it now. decode_check
+            # decodes in isolated worker processes: this (training) process never re-runs the risky decode.
             from .decode_check import decode_check
 
-            paths = [p for p, _ in decode_check(self._my_files(), num_threads=self.num_threads, progress=False)]
+            try:
+                paths = [p for p, _ in decode_check(self._my_files(), num_threads=min(self.num_threads, 8),
+                                                    progress=False)]
+            except RuntimeError:  # the check itself could not run: keep the original error
+                paths = []
         if paths:
             where = f"image file{'s' if len(paths) > 1 else ''} {', '.join(paths[:10])}"
         else:
