@@ -12,9 +12,12 @@ Contract (``BatchLoader``):
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterator, Protocol, runtime_checkable
 
-__all__ = ["BatchLoader", "LoaderBase"]
+import numpy as np
+
+__all__ = ["BatchLoader", "LoaderBase", "InMemorySource"]
 
 
 @runtime_checkable
@@ -55,3 +58,28 @@ class LoaderBase:
                 + ", ".join(f"saved with {k}={a!r} but this loader has {k}={b!r}" for k, (a, b) in diff.items())
                 + "; the saved position would not continue the same run"
             )
+
+
+class InMemorySource:
+    """What the sources held as one array in memory share (CIFAR batches, IDX files): ``images``
+    ``[N, H, W, 3]`` uint8, ``label_array`` ``[N]`` int64 and ``samples`` ``[(name, label)]``."""
+
+    images: np.ndarray
+    label_array: np.ndarray
+    samples: list
+
+    @property
+    def labels(self) -> list[int]:
+        return self.label_array.tolist()
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def subset(self, indices):
+        """The same source holding only ``indices`` (in that order); classes are kept."""
+        indices = np.asarray(list(indices), dtype=np.int64)
+        sub = copy.copy(self)
+        sub.images = np.ascontiguousarray(self.images[indices])
+        sub.label_array = self.label_array[indices]
+        sub.samples = [self.samples[i] for i in indices.tolist()]
+        return sub

@@ -11,7 +11,6 @@ evaluation view resizes to ``out_size`` (32 for the catalog's I2E-MNIST).
 """
 from __future__ import annotations
 
-import copy
 import gzip
 import os
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, MissingDataError
+from .base import InMemorySource
 
 __all__ = ["IdxSource", "read_idx", "MNIST_CLASSES", "FASHION_CLASSES"]
 
@@ -66,7 +66,7 @@ def _find(root: Path, stem: str, variant: str) -> Path:
         f"files of {variant} from {_URLS[variant]}")
 
 
-class IdxSource:
+class IdxSource(InMemorySource):
     """One split of MNIST / Fashion-MNIST: ``images`` uint8 ``[N, 28, 28, 3]``, ``samples`` ``(stem, label)``.
 
     Same interface as ``CifarSource`` (``kind = "cifar"``: in-memory arrays through the CIFAR graph).
@@ -99,21 +99,6 @@ class IdxSource:
         self.images = np.ascontiguousarray(np.repeat(images[..., None], 3, axis=-1))  # grey -> RGB
         self.label_array = labels.astype(np.int64)
         self.samples = [(f"{prefix}_{i:05d}", int(lab)) for i, lab in enumerate(self.label_array.tolist())]
-
-    @property
-    def labels(self) -> list[int]:
-        return self.label_array.tolist()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def subset(self, indices) -> "IdxSource":
-        indices = np.asarray(list(indices), dtype=np.int64)
-        sub = copy.copy(self)
-        sub.images = np.ascontiguousarray(self.images[indices])
-        sub.label_array = self.label_array[indices]
-        sub.samples = [self.samples[i] for i in indices.tolist()]
-        return sub
 
     def __repr__(self) -> str:
         return f"IdxSource({str(self.root)!r}, {'train' if self.train else 't10k'}, {self.variant}, {len(self.samples)} images)"

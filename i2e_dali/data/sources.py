@@ -21,6 +21,7 @@ from typing import Iterable
 import numpy as np
 from tqdm import tqdm
 from ..errors import DatasetError, MissingDataError, UndecodableImageError
+from .base import InMemorySource
 from .exclude import ExcludeList
 
 __all__ = [
@@ -348,7 +349,7 @@ def resolve_cifar_root(root: str | os.PathLike, variant: str) -> Path:
     return root  # the per-file check below names what is missing
 
 
-class CifarSource:
+class CifarSource(InMemorySource):
     """CIFAR-10/100 split from the official python batches (``data_batch_1..5``/``test_batch``, or
     CIFAR-100's ``train``/``test`` with fine labels).
 
@@ -397,21 +398,6 @@ class CifarSource:
             raise DatasetError(f"{self.root}: labels outside 0..{len(self.classes) - 1}")
         self.samples = list(zip(stems, self.label_array.tolist()))
 
-    @property
-    def labels(self) -> list[int]:
-        return self.label_array.tolist()
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def subset(self, indices) -> "CifarSource":
-        """The same source holding only ``indices`` (in that order); classes are kept."""
-        indices = np.asarray(list(indices), dtype=np.int64)
-        sub = copy.copy(self)
-        sub.images = np.ascontiguousarray(self.images[indices])
-        sub.label_array = self.label_array[indices]
-        sub.samples = [self.samples[i] for i in indices.tolist()]
-        return sub
 
     def __repr__(self) -> str:
         split = "train" if self.train else "test"
