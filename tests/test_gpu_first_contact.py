@@ -3,9 +3,6 @@ tell (the DALI graph as built, the error classification, the launch grid, the tr
 benchmark's handling of the conv baseline), and on a GPU by the ``gpu`` tests at the end."""
 from __future__ import annotations
 
-import importlib.util
-import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -252,24 +249,9 @@ def test_flat_grid_fits_cuda_limits_for_huge_images():
 
 
 @pytest.fixture(scope="module")
-def interpreted():
-    """triton_path with interpreted kernels (CPU tensors), imported privately under TRITON_INTERPRET=1."""
-    pytest.importorskip("triton")
-    path = ROOT / "i2e_dali" / "convert" / "triton_path.py"
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spec = importlib.util.spec_from_file_location("i2e_dali.convert._triton_path_issue10", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-    assert module._interpreted()
-    return module
+def interpreted(interpreted_triton):
+    """The fused module with interpreted kernels (conftest.interpreted_triton)."""
+    return interpreted_triton
 
 
 def test_flat_grid_kernels_match_torch_path_across_tiles_and_images(interpreted, monkeypatch):

@@ -78,28 +78,9 @@ def test_fixed_threshold_bad_arguments(kwargs, match):
 
 
 @pytest.fixture(scope="module")
-def interpreted():
-    """A private copy of the fused module with interpreted kernels (TRITON_INTERPRET=1 only for its import)."""
-    pytest.importorskip("triton")
-    import importlib.util
-    import os
-    import sys
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[1] / "i2e_dali" / "convert" / "triton_path.py"
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spec = importlib.util.spec_from_file_location("i2e_dali.convert._triton_fixed_interpreted", path)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-    return module
+def interpreted(interpreted_triton):
+    """The fused module with interpreted kernels (conftest.interpreted_triton)."""
+    return interpreted_triton
 
 
 def test_fused_kernel_fixed_threshold_equals_torch_path(interpreted):

@@ -9,11 +9,8 @@ and that floating-point contraction stays off.
 """
 from __future__ import annotations
 
-import importlib.util
 import os
 import re
-import shutil
-import sys
 from pathlib import Path
 
 import pytest
@@ -39,22 +36,9 @@ MODULE_PATH = Path(__file__).resolve().parents[1] / "i2e_dali" / "convert" / "tr
 
 
 @pytest.fixture(scope="module")
-def fused():
-    """i2e_triton imported with interpreted kernels (CPU tensors allowed); the env is restored at once."""
-    previous = os.environ.get("TRITON_INTERPRET")
-    os.environ["TRITON_INTERPRET"] = "1"
-    try:
-        spec = importlib.util.spec_from_file_location("i2e_dali.convert._triton_path_interpreted", MODULE_PATH)
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses look their module up while the body runs
-        spec.loader.exec_module(module)
-    finally:
-        if previous is None:
-            del os.environ["TRITON_INTERPRET"]
-        else:
-            os.environ["TRITON_INTERPRET"] = previous
-    assert module._interpreted(), "the private copy should hold interpreted kernels"
-    return module
+def fused(interpreted_triton):
+    """The fused module with interpreted kernels (conftest.interpreted_triton)."""
+    return interpreted_triton
 
 
 def _images(batch, height, width, seed, dtype=torch.uint8):
