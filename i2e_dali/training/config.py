@@ -13,7 +13,7 @@ from ..errors import TrainError
 from ..zoo import arch_names, describe_archs, native_width, resolve_arch
 from ..convert.spec import parse_order
 from ..placement import DEFAULT_SEED
-from .options import RecordingParser, add_experiment_options, apply_recipe, check_experiment_options
+from .options import PrintAndExit, RecordingParser, add_experiment_options, apply_recipe, check_experiment_options
 
 __all__ = ["DATASETS", "DATASET_DEFAULTS", "PRESETS", "build_parser", "resolve_config"]
 
@@ -40,15 +40,6 @@ PRESETS: dict[str, dict[str, Any]] = {
     "dvs-finetune": dict(lr=0.001, weight_decay=0.0),
 }
 _RESOLVED = ("epochs", "lr", "weight_decay", "batch_size", "timesteps", "size", "width")
-
-
-class _ListArchs(argparse.Action):
-    def __init__(self, option_strings, dest, **kw):
-        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(describe_archs())
-        parser.exit()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -106,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--arch", type=str, default="msresnet18",
                    help=f"one of {arch_names()} (spikingjelly zoo models with the paper's LIF and a 2-channel stem), "
                         "or module:callable for your own model (see --list-archs)")
-    g.add_argument("--list-archs", action=_ListArchs, help="list the architectures and exit")
+    g.add_argument("--list-archs", action=PrintAndExit, text=describe_archs, help="list the architectures and exit")
     g.add_argument("--width", type=int, default=None,
                    help="stage-1 channels (64 = the paper's model; the demo uses 16)")
     g.add_argument("--zero-init-residual", action="store_true", help="zero the last BN of each block")

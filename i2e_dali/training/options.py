@@ -14,7 +14,7 @@ from ..errors import TrainError
 from .recipes import RECIPES, recipe_table
 from .schedule import SCHEDULES
 
-__all__ = ["RecordingParser", "add_experiment_options", "apply_recipe", "check_experiment_options"]
+__all__ = ["RecordingParser", "PrintAndExit", "add_experiment_options", "apply_recipe", "check_experiment_options"]
 
 # data set kinds read through the live DALI -> I2E loader (the image-side options apply to them only)
 _IMAGE_KINDS_EXCLUDED = ("i2e-npz", "i2e-parquet", "cifar10-dvs")
@@ -38,12 +38,15 @@ class RecordingParser(argparse.ArgumentParser):
         return ns, rest
 
 
-class _ListRecipes(argparse.Action):
-    def __init__(self, option_strings, dest, **kw):
+class PrintAndExit(argparse.Action):
+    """A flag that prints ``text()`` and exits, like --help (--list-recipes, --list-archs)."""
+
+    def __init__(self, option_strings, dest, text, **kw):
         super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kw)
+        self.text = text
 
     def __call__(self, parser, namespace, values, option_string=None):
-        print(recipe_table())
+        print(self.text())
         parser.exit()
 
 
@@ -51,7 +54,7 @@ def add_experiment_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("paper experiments and the authors' script options")
     g.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="every setting of one row of the paper (see --list-recipes); your own flags still win")
-    g.add_argument("--list-recipes", action=_ListRecipes, help="list the recipes (paper rows) and exit")
+    g.add_argument("--list-recipes", action=PrintAndExit, text=recipe_table, help="list the recipes (paper rows) and exit")
     g.add_argument("--aug", choices=("baseline1", "baseline2"), default="baseline2",
                    help="training view: baseline2 = random-resized-crop (CIFAR: pad-4 random crop, resize) + flip; "
                         "baseline1 = the fixed resize view (ImageNet 224x224, CIFAR 128x128) + flip")
