@@ -245,7 +245,7 @@ def load_state_into(model: nn.Module, state: dict[str, torch.Tensor], *, num_cla
         k = shape_bad[0]
         raise CheckpointError(
             f"{source}: {k} has shape {tuple(state[k].shape)} but the model expects {tuple(own[k].shape)}; "
-            "the checkpoint was made with another architecture or --width."
+            "the checkpoint was made with another architecture, --width or --input (events: 2 channels, rgb: 3, v: 1)."
         )
     if ckpt_classes is not None and ckpt_classes != want:
         notes.append(f"classifier re-initialised: checkpoint has {ckpt_classes} classes, model needs {want}")

@@ -22,7 +22,7 @@ def events_dtype(amp: str, device: torch.device) -> torch.dtype:
     """The dtype the event loaders emit: the step's autocast dtype (events are 0/1, exact in bf16 and
     fp16; a float32 batch would be twice the size and be cast again by the first conv), float32 without
     AMP. Follows the trainer's AMP rule, :func:`i2e_dali.training.runtime.resolve_amp`."""
-    amp_dtype, _ = resolve_amp(amp, device)
+    amp_dtype, _ = resolve_amp(amp, device, quiet=True)  # the trainer itself logs the AMP decision
     return amp_dtype or torch.float32
 
 

@@ -109,10 +109,10 @@ def setup_logging(rt: Runtime, output_dir: Path | None) -> list[logging.Handler]
     return handlers
 
 
-def resolve_amp(mode: str, device: torch.device) -> tuple[torch.dtype | None, bool]:
-    """(autocast dtype or None, use GradScaler)."""
+def resolve_amp(mode: str, device: torch.device, *, quiet: bool = False) -> tuple[torch.dtype | None, bool]:
+    """(autocast dtype or None, use GradScaler). ``quiet``: no log line (for callers that only ask)."""
     if mode == "off" or device.type != "cuda":
-        if mode in ("bf16", "fp16") and device.type != "cuda":
+        if mode in ("bf16", "fp16") and device.type != "cuda" and not quiet:
             log.info("--amp %s ignored on %s: mixed precision here is for CUDA GPUs", mode, device)
         return None, False
     if mode == "auto":
