@@ -1,8 +1,6 @@
 """The I2E conversion against an independent, slow reference written from shared/I2E_SPEC.md."""
 from __future__ import annotations
 
-import itertools
-import random
 
 import numpy as np
 import pytest

@@ -3,7 +3,6 @@ reading through FrameLoader (shuffle, shards, exact resume, len), bad shards and
 from __future__ import annotations
 
 import io
-import json
 import subprocess
 import sys
 import textwrap
@@ -18,7 +17,7 @@ import torch
 from i2e_dali.data.frame_loader import FrameLoader
 from i2e_dali.data.parquet import (ParquetEventDataset, RowGroupShuffleSampler, decode_data, encode_batch,
                                    encode_events, find_parquet_splits, hf_schema_metadata, open_parquet_splits)
-from i2e_dali.errors import I2EError, MissingDataError, ParquetFormatError
+from i2e_dali.errors import MissingDataError, ParquetFormatError
 
 
 def authors_decode(data: bytes) -> np.ndarray:

@@ -5,7 +5,6 @@ at T=1 and fine-tuning across T, and the static-input stem."""
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import torch

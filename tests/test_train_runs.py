@@ -3,7 +3,6 @@ SIGKILL mid-epoch, two-process DDP, evaluate/pretrained flows and checkpoint mis
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys

@@ -12,10 +12,11 @@ def _record(record: dict, part: str) -> dict | None:
     return (record["parts"].get(part) or {}).get("record")
 
 
-def _verdict(value, target) -> str:
-    if value is None:
-        return "not measured"
-    return "met" if value >= target else "NOT met"
+def _goal(goal: str, value, target: float, fmt: str, unit: str = "") -> dict:
+    """One goal row: what was measured against the issue's target, formatted with ``fmt`` (a format spec)."""
+    return {"goal": goal, "target": f">= {target:{fmt}}{unit}", "value": value,
+            "measured": "-" if value is None else f"{value:{fmt}}{unit}",
+            "verdict": "not measured" if value is None else ("met" if value >= target else "NOT met")}
 
 
 def goals(record: dict) -> list[dict]:
@@ -23,27 +24,19 @@ def goals(record: dict) -> list[dict]:
     conv = _record(record, "convert") or {}
     for dtype in ("bool", "float16", "float32"):
         row = next((r for r in conv.get("results", []) if r["impl"] == "fused" and r["size"] == 224
-                    and r["batch"] == 256 and r["dtype"] == dtype and r["mode"] == "eval"), None)
-        roof = row["roofline_fraction"] if row else None
-        xconv = row["speedup_vs_conv"] if row else None
-        out.append({"goal": f"fused {dtype} 224x224 B=256 T=8: share of the copy roofline",
-                    "target": f">= {ROOFLINE_TARGET:.0%}", "value": roof,
-                    "measured": "-" if roof is None else f"{roof:.0%}", "verdict": _verdict(roof, ROOFLINE_TARGET)})
-        out.append({"goal": f"fused {dtype} 224x224 B=256 T=8: speed-up over the conv baseline",
-                    "target": f">= {CONV_TARGET:.0f}x", "value": xconv,
-                    "measured": "-" if xconv is None else f"{xconv:.1f}x", "verdict": _verdict(xconv, CONV_TARGET)})
+                    and r["batch"] == 256 and r["dtype"] == dtype and r["mode"] == "eval"), None) or {}
+        out.append(_goal(f"fused {dtype} 224x224 B=256 T=8: share of the copy roofline",
+                         row.get("roofline_fraction"), ROOFLINE_TARGET, ".0%"))
+        out.append(_goal(f"fused {dtype} 224x224 B=256 T=8: speed-up over the conv baseline",
+                         row.get("speedup_vs_conv"), CONV_TARGET, ".1f", "x"))
     loader = _record(record, "loader") or {}
-    row = next((r for r in loader.get("results", []) if r["pipeline"] == "dali-gpu"), None)
-    val = row.get("speedup_vs_reference") if row else None
-    out.append({"goal": "DALI GPU loader vs the reference recipe (events/s on the device)",
-                "target": f">= {LOADER_TARGET:.0f}x", "value": val,
-                "measured": "-" if val is None else f"{val:.2f}x", "verdict": _verdict(val, LOADER_TARGET)})
+    row = next((r for r in loader.get("results", []) if r["pipeline"] == "dali-gpu"), None) or {}
+    out.append(_goal("DALI GPU loader vs the reference recipe (events/s on the device)",
+                     row.get("speedup_vs_reference"), LOADER_TARGET, ".2f", "x"))
     train = _record(record, "train") or {}
-    row = next((r for r in train.get("results", []) if r["feed"] == "dali-gpu"), None)
-    val = row.get("fraction_of_ceiling") if row else None
-    out.append({"goal": "training fed by the DALI GPU loader vs the synthetic ceiling",
-                "target": f">= {TRAIN_TARGET:.2f}x", "value": val,
-                "measured": "-" if val is None else f"{val:.3f}x", "verdict": _verdict(val, TRAIN_TARGET)})
+    row = next((r for r in train.get("results", []) if r["feed"] == "dali-gpu"), None) or {}
+    out.append(_goal("training fed by the DALI GPU loader vs the synthetic ceiling",
+                     row.get("fraction_of_ceiling"), TRAIN_TARGET, ".3f", "x"))
     return out
 
 
