@@ -141,3 +141,25 @@ def test_export_one_split_and_exclude_list(broken, tmp_path, capsys):
 
     assert export_main(["--data", str(only_val), "--out", str(tmp_path / "o3"), "--split", "both"] + common) == 1
     assert "train does not exist" in capsys.readouterr().err
+
+
+def test_skip_bad_under_two_process_ddp(broken, tmp_path):
+    """torchrun, 2 gloo ranks: rank 0 checks once (the other waits, then reads the cached answer), both
+    ranks leave the same files out, and the all-reduced validation counts every usable image once."""
+    import subprocess
+    import sys
+
+    from train_helpers import REPO, free_port, metrics, subprocess_env
+
+    root, _ = broken
+    out = tmp_path / "ddp"
+    env = {**subprocess_env(), "I2E_DALI_CACHE": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           str(REPO / "train_dali.py"), *tiny_args(root, out, "--skip-bad", epochs=1, batch=2)]
+    r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    log = (out / "train.log").read_text()
+    assert log.count("--skip-bad: 1 unusable file(s)") == 2  # train/ and val/, checked by rank 0 only
+    m = metrics(out)
+    assert len(m) == 1 and m[0]["val_count"] == 2 * 3 - 1 and m[0]["val_excluded"] == 1
+    assert len(list((tmp_path / "cache" / "checks").iterdir())) == 2  # one cached answer per folder
