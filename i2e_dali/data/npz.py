@@ -17,6 +17,7 @@ matrix, give ``timesteps``/``size`` explicitly or let the reader infer them from
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import struct
@@ -145,6 +146,20 @@ def _unreadable(path, exc: BaseException) -> NpzFormatError:
     )
 
 
+@contextlib.contextmanager
+def _open_npz(path: Path):
+    """The npz at ``path`` as an open ZipFile; whatever goes wrong inside becomes an NpzFormatError naming it."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            yield zf
+    except FileNotFoundError:
+        raise NpzFormatError(f"{path}: file not found") from None
+    except NpzFormatError:
+        raise
+    except _READ_ERRORS as exc:
+        raise _unreadable(path, exc) from exc
+
+
 def _read_npy_header(zf: zipfile.ZipFile, key: str, path) -> tuple[tuple[int, ...], np.dtype]:
     try:
         with zf.open(f"{key}.npy") as f:
@@ -190,19 +205,12 @@ def read_npz_arrays(path: str | os.PathLike, keys: Sequence[str], *, required: s
     """The named arrays that exist in the npz at ``path`` (``required`` must), each checked against what
     the file can hold before it is allocated; every failure is an NpzFormatError naming the file."""
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            names = set(zf.namelist())
-            if f"{required}.npy" not in names:
-                stems = sorted(n[:-4] if n.endswith(".npy") else n for n in names)
-                raise NpzFormatError(f"{path}: no array '{required}' in the npz (has {stems}); not {what}")
-            return {k: _read_member(zf, k, path) for k in keys if f"{k}.npy" in names}
-    except FileNotFoundError:
-        raise NpzFormatError(f"{path}: file not found") from None
-    except NpzFormatError:
-        raise
-    except _READ_ERRORS as exc:
-        raise _unreadable(path, exc) from exc
+    with _open_npz(path) as zf:
+        names = set(zf.namelist())
+        if f"{required}.npy" not in names:
+            stems = sorted(n[:-4] if n.endswith(".npy") else n for n in names)
+            raise NpzFormatError(f"{path}: no array '{required}' in the npz (has {stems}); not {what}")
+        return {k: _read_member(zf, k, path) for k in keys if f"{k}.npy" in names}
 
 
 def _frame_shape(values, path, what: str) -> tuple[int, int, int]:
@@ -223,21 +231,14 @@ def read_npz_info(path: str | os.PathLike) -> NpzInfo:
     Raises NpzFormatError for a file that is not a complete npz (a truncated file has no zip directory).
     """
     path = Path(path)
-    try:
-        with zipfile.ZipFile(path) as zf:
-            shape, dtype = _read_npy_header(zf, "arr_0", path)
-            frame_shape = None
-            if f"{SHAPE_KEY}.npy" in zf.namelist():
-                stored = _read_member(zf, SHAPE_KEY, path)
-                if stored.shape != (3,):
-                    raise NpzFormatError(f"{path}: '{SHAPE_KEY}' must hold [T, H, W], got {stored!r}")
-                frame_shape = _frame_shape(stored, path, f"'{SHAPE_KEY}'")
-    except FileNotFoundError:
-        raise NpzFormatError(f"{path}: file not found") from None
-    except NpzFormatError:
-        raise
-    except _READ_ERRORS as exc:
-        raise _unreadable(path, exc) from exc
+    with _open_npz(path) as zf:
+        shape, dtype = _read_npy_header(zf, "arr_0", path)
+        frame_shape = None
+        if f"{SHAPE_KEY}.npy" in zf.namelist():
+            stored = _read_member(zf, SHAPE_KEY, path)
+            if stored.shape != (3,):
+                raise NpzFormatError(f"{path}: '{SHAPE_KEY}' must hold [T, H, W], got {stored!r}")
+            frame_shape = _frame_shape(stored, path, f"'{SHAPE_KEY}'")
     if len(shape) == 4 and shape[1] == 2:
         return NpzInfo("dense", shape, dtype, (shape[0], shape[2], shape[3]))
     if len(shape) == 2 and shape[1] == 4:
