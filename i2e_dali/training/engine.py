@@ -207,12 +207,15 @@ class Trainer:
         self._epoch_hits = 0  # this rank's top-1 hits on the true labels, same life as the loss sum
         # --mixup: on the images before conversion where the loader converts (EventLoader.mix), else on the
         # frames here; --t-train K: K random timesteps per batch (training/mixing.py)
-        self.t_train = int(getattr(args, "t_train", 0) or 0)
+        self.t_train = int(args.t_train or 0)
         self.mixer = None
         self._mix_frames = False
-        if getattr(args, "mixup", False):
-            from .mixing import BatchMixer
+        self._temporal_subset = None
+        if self.t_train or args.mixup:  # torchvision's v2 transforms load only when these options are on
+            from .mixing import BatchMixer, mixing_active, temporal_subset
 
+            self._temporal_subset, self._mixing_active = temporal_subset, mixing_active
+        if args.mixup:
             self.mixer = BatchMixer(train_loader.num_classes)
             if hasattr(train_loader, "mix"):
                 train_loader.mix = self.mixer
@@ -300,9 +303,7 @@ class Trainer:
         model, loader = self.model, self.train_loader
         model.train()
         if self.mixer is not None:
-            from .mixing import mixing_active
-
-            self.mixer.active = mixing_active(s.epoch, args.epochs)
+            self.mixer.active = self._mixing_active(s.epoch, args.epochs)
         n = self.steps_per_epoch
         start = s.step_in_epoch
         # batches this pass of the loader will yield: a loader restored mid-epoch yields the rest of that
@@ -346,9 +347,7 @@ class Trainer:
                 if self._mix_frames:
                     events, soft = self.mixer.mix_frames(events, labels)
                 if self.t_train:
-                    from .mixing import temporal_subset
-
-                    events = temporal_subset(events, self.t_train)
+                    events = self._temporal_subset(events, self.t_train)
                 loss = self.step_fn(events, labels) if soft is None else self.step_fn(events, labels, soft)
                 self.scheduler.step()
                 loss_sum += loss.double()
