@@ -30,37 +30,25 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
     """(train_loader or None, val_loader) for ``args.dataset``; errors name the flag and the folder."""
     device = str(rt.device)
     if args.dataset == "i2e-npz":
-        from ..data.frame_loader import FrameLoader
         from ..data.npz import open_npz_splits
 
         _check_data_dir(args.data)
-        train_set, val_set = open_npz_splits(args.data, timesteps=args.timesteps, size=args.size)
-        common = dict(device=device, seed=args.seed, num_workers=args.workers)
-        train = FrameLoader(train_set, args.batch_size, train=True, **common) if need_train else None
-        return train, FrameLoader(val_set, args.batch_size, train=False, **common)
+        return _frame_loaders(open_npz_splits(args.data, timesteps=args.timesteps, size=args.size), args, rt,
+                              need_train)
     if args.dataset == "i2e-parquet":
-        from ..data.frame_loader import FrameLoader
         from ..data.parquet import open_parquet_splits
 
         _check_data_dir(args.data)
-        train_set, val_set = open_parquet_splits(args.data, timesteps=args.timesteps)
-        common = dict(device=device, seed=args.seed, num_workers=args.workers,
-                      dtype=events_dtype(getattr(args, "amp", "off"), rt.device))
-        train = FrameLoader(train_set, args.batch_size, train=True, **common) if need_train else None
-        return train, FrameLoader(val_set, args.batch_size, train=False, **common)
+        return _frame_loaders(open_parquet_splits(args.data, timesteps=args.timesteps), args, rt, need_train)
     if args.dataset == "cifar10-dvs":
         from ..data.dvs import open_dvs_splits
-        from ..data.frame_loader import FrameLoader
 
         _check_data_dir(args.data)
         train_set, val_set = open_dvs_splits(
             args.data, timesteps=args.timesteps, cache_dir=args.cache_dir, val_fraction=args.val_fraction,
             seed=args.seed, split=args.dvs_split, polarity=args.dvs_polarity, binarize=args.dvs_binarize,
             workers=args.workers, progress=args.progress)
-        common = dict(device=device, seed=args.seed, num_workers=args.workers)
-        train = (FrameLoader(train_set, args.batch_size, train=True, flip=args.dvs_flip, **common)
-                 if need_train else None)
-        return train, FrameLoader(val_set, args.batch_size, train=False, flip=False, **common)
+        return _frame_loaders((train_set, val_set), args, rt, need_train, flip=args.dvs_flip)
 
     from ..data.event_loader import EventLoader
     from ..data.sources import open_source
@@ -77,7 +65,7 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
         timesteps=args.timesteps,
         order=args.order,
         per_sample=not args.batch_motions,
-        dtype=events_dtype(getattr(args, "amp", "off"), rt.device),
+        dtype=events_dtype(args.amp, rt.device),
         device=device,
         seed=args.seed,
         num_threads=args.workers,
@@ -95,9 +83,21 @@ def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = T
     return train, val
 
 
+def _frame_loaders(splits, args, rt: Runtime, need_train: bool, *, flip: bool | None = None):
+    """FrameLoaders over (train_set, val_set) of an event data set, events in the step's dtype like the
+    live loader's; ``flip`` = training flips (None: the loader's default, on)."""
+    from ..data.frame_loader import FrameLoader
+
+    train_set, val_set = splits
+    common = dict(device=str(rt.device), seed=args.seed, num_workers=args.workers,
+                  dtype=events_dtype(args.amp, rt.device))
+    train = FrameLoader(train_set, args.batch_size, train=True, flip=flip, **common) if need_train else None
+    return train, FrameLoader(val_set, args.batch_size, train=False, flip=False, **common)
+
+
 def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
     """``exclude=`` for the folder sources from --exclude-list and --skip-bad (the decode check, cached)."""
-    listed, skip = getattr(args, "exclude_list", None), getattr(args, "skip_bad", False)
+    listed, skip = args.exclude_list, args.skip_bad
     if not listed and not skip:
         return {}
     if kind not in ("imagenet", "folder"):
@@ -136,10 +136,9 @@ def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
 
 def _experiment_kwargs(args) -> dict:
     """The paper's experiment options the live loader takes (training/options.py defines the flags)."""
-    fixed = getattr(args, "fixed_threshold", None)
-    return dict(aug=getattr(args, "aug", "baseline2"), random_motion=getattr(args, "random_motion", True),
-                threshold="adaptive" if fixed is None else "fixed", threshold_value=fixed,
-                output=getattr(args, "input", "events"))
+    fixed = args.fixed_threshold
+    return dict(aug=args.aug, random_motion=args.random_motion, threshold="adaptive" if fixed is None else "fixed",
+                threshold_value=fixed, output=args.input)
 
 
 def _size_kwargs(size: int | None, kind: str) -> dict:
