@@ -188,3 +188,17 @@ def test_report_needs_evaluate(tiny_run, capsys):
     with pytest.raises(SystemExit):
         main(tiny_args(data, out, "--report"))
     assert "--report goes with --evaluate" in capsys.readouterr().err
+
+
+def test_report_rebuilds_a_static_input_model(tiny_run, tmp_path):
+    """A --input rgb checkpoint (3-channel stem) is rebuilt by the run's own model builder, not refused."""
+    from i2e_dali.tools.report import main as report_main
+    from i2e_dali.training.run import main
+
+    data, _ = tiny_run
+    out = tmp_path / "rgb"
+    main(tiny_args(data, out, "--input", "rgb", "--threads", "1", epochs=1))
+    rc = report_main(["--checkpoint", str(out / "last.pt"), "--data", str(data), "--batches", "1",
+                      "--out", str(tmp_path / "rep"), "--device", "cpu"])
+    assert rc == 0
+    assert json.loads((tmp_path / "rep" / "report.json").read_text())["layers"][0]["layer"] == "conv1"

@@ -73,7 +73,7 @@ def report_for_checkpoint(checkpoint, *, data=None, dataset=None, batches: int |
     from ..training.checkpoint import load_checkpoint, load_state_into
     from ..training.data import build_loaders
     from ..training.runtime import init_runtime
-    from ..zoo import build_any
+    from ..training.run import model_for
 
     args = argparse.Namespace(checkpoint=Path(checkpoint), data=data, dataset=dataset, batches=batches,
                               batch_size=batch_size, out=out, device=device, workers=workers, demo_dir=demo_dir)
@@ -83,7 +83,7 @@ def report_for_checkpoint(checkpoint, *, data=None, dataset=None, batches: int |
     _, val = build_loaders(targs, rt, need_train=False)
     if val.num_classes != ckpt.get("num_classes"):
         raise ValueError(f"{checkpoint} has {ckpt.get('num_classes')} classes, the data set {val.num_classes}")
-    model = build_any(targs.arch, ckpt["num_classes"], width=targs.width, size=targs.size, timesteps=targs.timesteps)
+    model = model_for(targs, ckpt["num_classes"])  # the run's own builder: --input rgb|v stems included
     load_state_into(model, ckpt["model"], source=str(checkpoint))
     model.to(rt.device)
     report = measure_energy(model, val, max_batches=batches or None, ann_in_channels=ann_in_channels,

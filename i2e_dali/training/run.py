@@ -31,7 +31,7 @@ from .engine import Trainer, build_optimizer, evaluate
 from .schedule import build_scheduler, check_schedule, stretch_cosine
 from .runtime import configure_cpu_threads, init_runtime, resolve_amp, seed_everything, setup_logging
 
-__all__ = ["run", "main"]
+__all__ = ["model_for", "run", "main"]
 
 log = logging.getLogger("i2e_dali.train")
 
@@ -45,6 +45,13 @@ def _open_writer(output_dir: Path, enabled: bool):
         log.warning("TensorBoard is not importable; scalars go to metrics.jsonl only")
         return None
     return SummaryWriter(log_dir=str(output_dir / "tb"))
+
+
+def model_for(args: argparse.Namespace, num_classes: int) -> nn.Module:
+    """The network a run's settings describe (``--arch``, ``--width``, ``--input`` rgb|v: a 3|1-channel stem);
+    also what ``i2e-report`` rebuilds from a checkpoint's stored settings."""
+    return build_any(args.arch, num_classes, width=args.width, zero_init_residual=args.zero_init_residual,
+                     size=args.size, timesteps=args.timesteps, in_channels=input_channels(args.input))
 
 
 def run(args: argparse.Namespace) -> dict | None:
@@ -70,9 +77,7 @@ def run(args: argparse.Namespace) -> dict | None:
         if train_loader is not None and train_loader.num_classes != num_classes:
             raise TrainError(f"train has {train_loader.num_classes} classes but val has {num_classes}")
 
-        model = build_any(args.arch, num_classes, width=args.width, zero_init_residual=args.zero_init_residual,
-                          size=args.size, timesteps=args.timesteps,
-                          in_channels=input_channels(getattr(args, "input", "events")))  # --input rgb|v: 3|1
+        model = model_for(args, num_classes)
         seed_everything(args.seed + rt.rank)  # per-rank streams from here on
 
         resume_path = None
@@ -139,10 +144,9 @@ def run(args: argparse.Namespace) -> dict | None:
         # stepped every step (smooth also for short runs): --sched cosine to --lr-min, or step decay; an
         # optional linear warm-up first (training/schedule.py)
         scheduler = build_scheduler(
-            optimizer, sched=getattr(args, "sched", "cosine"), epochs=args.epochs, steps_per_epoch=steps_per_epoch,
-            lr=args.lr, lr_min=args.lr_min, warmup_epochs=getattr(args, "warmup_epochs", 0),
-            warmup_lr=getattr(args, "warmup_lr", 0.0), decay_epochs=getattr(args, "decay_epochs", 30),
-            decay_rate=getattr(args, "decay_rate", 0.1))
+            optimizer, sched=args.sched, epochs=args.epochs, steps_per_epoch=steps_per_epoch,
+            lr=args.lr, lr_min=args.lr_min, warmup_epochs=args.warmup_epochs, warmup_lr=args.warmup_lr,
+            decay_epochs=args.decay_epochs, decay_rate=args.decay_rate)
         scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
         ddp_model: nn.Module = model

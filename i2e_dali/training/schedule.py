@@ -49,7 +49,7 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, sched: str, epochs: int
 
 def schedule_signature(args) -> dict:
     """What a resumed run must share with its checkpoint for the stored scheduler state to mean the same."""
-    return {"sched": getattr(args, "sched", "cosine"), "warmup_epochs": getattr(args, "warmup_epochs", 0)}
+    return {"sched": args.sched, "warmup_epochs": args.warmup_epochs}
 
 
 def check_schedule(saved_config: dict, args, source: str) -> None:
