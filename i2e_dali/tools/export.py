@@ -35,7 +35,7 @@ import torch
 from tqdm import tqdm
 
 from ..fsio import atomic_write, atomic_write_text
-from ..placement import usable_cores
+from ..placement import default_shard, usable_cores
 from ..data.npz import META_NAME, NpzFormatError, read_npz_info, write_npz
 from ..errors import ExportError
 from . import export_dist
@@ -273,7 +273,7 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
     """Export one split (this rank's share of it under torchrun); ``opener`` is the npz writer's file hook."""
     started = time.perf_counter()
     source = _source_for(cfg, split)
-    rank, world = export_dist.gather_rank()
+    rank, world = default_shard(None, None)  # torchrun's rank and world size, (0, 1) alone
     parquet = cfg.format == "parquet"
     out_split = cfg.out if parquet else cfg.out / split
     out_split.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ from dataclasses import asdict
 
 import torch
 
-__all__ = ["init_ranks", "gather_rank", "barrier", "gather", "merge", "finish"]
+__all__ = ["init_ranks", "barrier", "gather", "merge", "finish"]
 
 
 def init_ranks() -> tuple[int, int, bool]:
@@ -29,14 +29,6 @@ def init_ranks() -> tuple[int, int, bool]:
     if torch.cuda.is_available():  # each rank on its own GPU of the node
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return dist.get_rank(), dist.get_world_size(), True
-
-
-def gather_rank() -> tuple[int, int]:
-    """(rank, world size) of the running process group, (0, 1) without one."""
-    dist = torch.distributed
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
 
 
 def barrier() -> None:
