@@ -256,7 +256,7 @@ def run(args) -> tuple[Path, Path | None, np.ndarray]:
     elif src.suffix.lower() in IMAGE_SUFFIXES or src.suffix == "" or src.is_file():
         image = _load_image(src, args.size)
         events = image_to_events(image, ratio=args.ratio, timesteps=args.timesteps or 8, order=args.order,
-                                 fixed_threshold=getattr(args, "fixed_threshold", None))
+                                 fixed_threshold=args.fixed_threshold)
     else:
         raise ValueError(f"{src}: give an image or an .npz file")
     write_gif(events, out, duration_ms=args.duration)
