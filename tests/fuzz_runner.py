@@ -17,6 +17,7 @@ from pathlib import Path
 
 def _readers():
     from i2e_dali.data.dvs import FrameCache, events_to_frames, read_aedat
+    from i2e_dali.data.idx import read_idx
     from i2e_dali.data.npz import NpzEventDataset, load_events, read_npz_info
     from i2e_dali.data.sources import CifarSource
     from i2e_dali.tools.viz import gif_to_events
@@ -51,7 +52,8 @@ def _readers():
         return ckpt
 
     return {"npz_dense": npz, "npz_sparse": npz, "npz_authors": npz_authors, "meta": meta, "aedat": aedat,
-            "dvs_cache": dvs_cache, "gif": gif_to_events, "cifar": cifar, "checkpoint": checkpoint}
+            "dvs_cache": dvs_cache, "gif": gif_to_events, "cifar": cifar, "checkpoint": checkpoint,
+            "idx": read_idx}
 
 
 def main() -> None:

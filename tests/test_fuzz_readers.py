@@ -8,6 +8,7 @@ reader; ``pytest -m fuzz -s`` runs the large one and prints the figures.
 from __future__ import annotations
 
 import collections
+import gzip
 import json
 import os
 import pickle
@@ -25,7 +26,8 @@ from damage import GENERIC, json_values, mutate, zip_member
 from loader_data import write_cifar
 
 HERE = Path(__file__).resolve().parent
-READERS = ("npz_dense", "npz_sparse", "npz_authors", "meta", "aedat", "dvs_cache", "gif", "cifar", "checkpoint")
+READERS = ("npz_dense", "npz_sparse", "npz_authors", "meta", "aedat", "dvs_cache", "gif", "cifar", "checkpoint",
+           "idx")
 PER_INPUT_LIMIT_S = 20
 
 
@@ -82,6 +84,12 @@ def make_seeds(root: Path, official: Path | None) -> dict[str, list[Path]]:
              "step_in_epoch": 0, "global_step": 10, "best_top1": 12.5, "arch": "msresnet18", "width": 4,
              "num_classes": 3, "ranks": []}
     seeds["checkpoint"].append(save_checkpoint(state, root / "last.pt"))
+    # MNIST IDX files, plain and gzipped: magic (0, 0, type 0x08 uint8, ndim), big-endian uint32 sizes, data
+    images = rng.integers(0, 256, (3, 28, 28), dtype=np.uint8)
+    idx = b"\x00\x00\x08\x03" + b"".join(d.to_bytes(4, "big") for d in images.shape) + images.tobytes()
+    (root / "t10k-images-idx3-ubyte").write_bytes(idx)
+    (root / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx))
+    seeds["idx"] += [root / "t10k-images-idx3-ubyte", root / "t10k-images-idx3-ubyte.gz"]
     return seeds
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,7 @@ MNIST_CLASSES = [str(i) for i in range(10)]
 # torchvision's names with "/" replaced (class names become folder names in an npz export)
 FASHION_CLASSES = ["T-shirt-top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]
+_MAX_IDX_BYTES = 2**30  # MNIST's largest file is 47 MB; anything past 1 GiB is damage
 _DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 _URLS = {"mnist": "https://yann.lecun.com/exdb/mnist/ (or a mirror)",
          "fashionmnist": "https://github.com/zalandoresearch/fashion-mnist (data/fashion)"}
@@ -37,9 +39,11 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     try:
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as exc:
+            raw = f.read(_MAX_IDX_BYTES + 1)  # bounded: a damaged .gz cannot inflate without end
+    except (OSError, EOFError, zlib.error) as exc:  # zlib.error: a damaged deflate stream inside the .gz
         raise DatasetError(f"{path}: cannot be read ({exc}); download it again") from exc
+    if len(raw) > _MAX_IDX_BYTES:
+        raise DatasetError(f"{path}: more than {_MAX_IDX_BYTES:,} bytes of data; not an MNIST-family IDX file")
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _DTYPES:
         raise DatasetError(f"{path}: not an IDX file (bad magic {raw[:4].hex()}); download it again")
     ndim = raw[3]
