@@ -278,7 +278,11 @@ def export_split(cfg: ExportConfig, split: str, *, opener: Callable = open) -> E
     out_split = cfg.out if parquet else cfg.out / split
     out_split.mkdir(parents=True, exist_ok=True)
     summary = ExportSummary(split=split, excluded=len(getattr(source, "excluded", ())))
-    if rank == 0:  # before any rank writes (barrier below): a temp file now is a killed run's
+    # Every rank has finished what it wrote before (its write probe, and the previous split: Parquet splits
+    # share one folder) before rank 0 sweeps; no rank writes this split before the barrier below either,
+    # so a temp file now is a killed run's.
+    export_dist.barrier()
+    if rank == 0:
         summary.removed_partials = _remove_partials(out_split)
     view = _view_for(cfg, split)
     ratio = cfg.ratio if cfg.ratio is not None else source.default_ratio
@@ -434,7 +438,6 @@ def export(cfg: ExportConfig, *, opener: Callable = open) -> list[ExportSummary]
         raise ExportError(f"--data {data} does not exist")
     cfg.data, cfg.out = data, out
     _check_paths(data, out)
-    export_dist.barrier()  # every rank's write probe is gone before rank 0 sweeps temp files
     resolve_splits(cfg)
     summaries = [export_split(cfg, split, opener=opener) for split in cfg.splits]
     merged = export_dist.merge(export_dist.gather(summaries), ExportSummary)  # every rank's share
