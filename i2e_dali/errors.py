@@ -8,6 +8,7 @@ from __future__ import annotations
 
 __all__ = [
     "I2EError",
+    "ConfigError",
     "DatasetError",
     "MissingDataError",
     "UndecodableImageError",
@@ -26,6 +27,11 @@ __all__ = [
 
 class I2EError(Exception):
     """Base of every error the user can fix."""
+
+
+class ConfigError(I2EError, ValueError):
+    """A bad argument or configuration value (a loader's keyword, a config file's key, a flag): the message
+    names the argument or key (and the file it came from) and says what is allowed."""
 
 
 # data
