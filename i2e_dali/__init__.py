@@ -19,7 +19,7 @@ from .convert import DEFAULT_ORDER, I2E, MOTION_GROUPS, draw_motions, event_rate
 
 __all__ = ["I2E", "i2e_convert", "draw_motions", "event_rate", "MOTION_GROUPS", "DEFAULT_ORDER",
            "EventLoader", "FrameLoader", "open_source", "I2EError"]
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 # Loaders and sources import DALI / torch.utils.data: resolved on first use, so `import i2e_dali` stays light.
 _LAZY = {
