@@ -25,6 +25,7 @@ from ..errors import TrainError
 from ..energy import SpikeRateMeter
 from ..models import unwrap
 from .checkpoint import CKPT_FORMAT, load_state_into, plain_config, rng_state, save_checkpoint, set_rng_state
+from .epoch_pass import EpochPass as _EpochPass
 from .runtime import gather
 
 __all__ = ["make_train_step", "evaluate", "build_optimizer", "param_groups", "TrainState", "Trainer"]
@@ -297,95 +298,130 @@ class Trainer:
                  max(self.state.best_top1, 0.0))
 
     # ---------------------------------------------------------------------------------------------
+    # One epoch, in parts: start the pass (with the replay after a resume), then per step: prepare the
+    # batch (mixing, temporal subset), step, count, time, maybe checkpoint, and the step boundary; then
+    # close the pass and reduce the epoch's numbers.
     def train_one_epoch(self) -> dict:
         """One pass over the training loader (from the resumed position), with timing and checkpoints."""
+        ep = self._begin_epoch()
+        n, s = self.steps_per_epoch, self.state
+        try:
+            for i in range(ep.start, n):
+                batch = self._next_batch(ep, i)
+                ep.timer.data_ready()
+                events, labels, soft = self._prepare_batch(batch)
+                loss = self._train_step(ep, events, labels, soft)
+                s.step_in_epoch = i + 1
+                ep.timer.step_done()
+                if ep.timer.window_full(self.args.log_every) or i + 1 == n:
+                    self._log_window(ep, loss)
+                self._maybe_checkpoint(ep, i)
+                self._at_step_boundary()
+        finally:
+            ep.bar.close()
+        self._close_pass(ep)
+        return self._epoch_stats(ep)
+
+    def _begin_epoch(self) -> _EpochPass:
+        """Train mode, the mixing switch of this epoch, the loader's iterator (past the batches a resume
+        replays), and this epoch's running sums (carried over from a mid-epoch checkpoint)."""
         args, rt, s = self.args, self.rt, self.state
-        model, loader = self.model, self.train_loader
-        model.train()
+        self.model.train()
         if self.mixer is not None:
             self.mixer.active = self._mixing_active(s.epoch, args.epochs)
-        n = self.steps_per_epoch
         start = s.step_in_epoch
         # batches this pass of the loader will yield: a loader restored mid-epoch yields the rest of that
         # epoch; otherwise a full epoch, whose first `start` batches are skipped when replaying
         restored_mid_epoch = start > 0 and not self._replay and self._loader_restored
-        pass_len = len(loader) - start if restored_mid_epoch else len(loader)
-        it = iter(loader)
-        for skipped in range(self._replay):  # stateless loader resumed mid-epoch: skip what was already trained on
-            if next(it, None) is None:
-                raise TrainError(f"cannot resume mid-epoch: the training loader ended after {skipped} of the "
-                                 f"{self._replay} batches already trained on (was the data set changed?)")
-        consumed = self._replay
-        self._replay = 0
+        pass_len = len(self.train_loader) - start if restored_mid_epoch else len(self.train_loader)
+        it = iter(self.train_loader)
+        consumed = self._replay_consumed(it)
         self._loader_restored = False
-        global_batch = args.batch_size * rt.world_size
-        bar = tqdm(total=n, initial=start, desc=f"epoch {s.epoch + 1}/{args.epochs}", unit="batch",
-                   disable=not (rt.is_main and args.progress), dynamic_ncols=True, leave=False)
+        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {s.epoch + 1}/{args.epochs}",
+                   unit="batch", disable=not (rt.is_main and args.progress), dynamic_ncols=True, leave=False)
         loss_sum = torch.full((), self._epoch_loss_sum, dtype=torch.float64, device=rt.device)
         hits = getattr(self.step_fn, "hits", None)
         if hasattr(self.step_fn, "hits"):
             self.step_fn.hits = hits = torch.full((), self._epoch_hits, dtype=torch.int64, device=rt.device)
-        prior_steps = self._epoch_steps  # steps of this epoch done before a resume
-        steps = 0
-        wait_s = compute_s = 0.0
-        win_wait = win_compute = 0.0
-        win_steps = 0
-        t_start = time.perf_counter()
-        t_prev = t_start
+        return _EpochPass(it=it, start=start, pass_len=pass_len, consumed=consumed, bar=bar, loss_sum=loss_sum,
+                          hits=hits, prior_steps=self._epoch_steps)
+
+    def _replay_consumed(self, it) -> int:
+        """A stateless loader resumed mid-epoch: skip the batches already trained on. Returns how many."""
+        for skipped in range(self._replay):
+            if next(it, None) is None:
+                raise TrainError(f"cannot resume mid-epoch: the training loader ended after {skipped} of the "
+                                 f"{self._replay} batches already trained on (was the data set changed?)")
+        consumed, self._replay = self._replay, 0
+        return consumed
+
+    def _next_batch(self, ep: _EpochPass, i: int):
         try:
-            for i in range(start, n):
-                try:
-                    batch = next(it)
-                    consumed += 1
-                except StopIteration:
-                    raise TrainError(
-                        f"the training loader ended after {i} of {n} batches; its len() does not match what it yields"
-                    ) from None
-                t_data = time.perf_counter()
-                events, labels = batch[0], batch[1]
-                soft = batch[2] if self.mixer is not None and not self._mix_frames else None
-                if self._mix_frames:
-                    events, soft = self.mixer.mix_frames(events, labels)
-                if self.t_train:
-                    events = self._temporal_subset(events, self.t_train)
-                loss = self.step_fn(events, labels) if soft is None else self.step_fn(events, labels, soft)
-                self.scheduler.step()
-                loss_sum += loss.double()
-                steps += 1
-                s.step_in_epoch = i + 1
-                s.global_step += 1
-                t_done = time.perf_counter()
-                wait_s += t_data - t_prev
-                compute_s += t_done - t_data
-                win_wait += t_data - t_prev
-                win_compute += t_done - t_data
-                win_steps += 1
-                t_prev = t_done
-                if win_steps == args.log_every or i + 1 == n:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    if rt.is_main:
-                        loss_now = loss.item()  # the one host sync, every log_every steps
-                        ips = win_steps * global_batch / max(win_wait + win_compute, 1e-9)
-                        bar.set_postfix(loss=f"{loss_now:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}",
-                                        wait=f"{100 * win_wait / max(win_wait + win_compute, 1e-9):.0f}%")
-                        if self.writer is not None:
-                            g = s.global_step
-                            self.writer.add_scalar("train/loss", loss_now, g)
-                            self.writer.add_scalar("train/lr", lr, g)
-                            self.writer.add_scalar("train/img_per_s", ips, g)
-                            self.writer.add_scalar("train/data_wait_ms_per_step", 1000 * win_wait / win_steps, g)
-                            self.writer.add_scalar("train/compute_ms_per_step", 1000 * win_compute / win_steps, g)
-                    bar.update(win_steps)
-                    win_wait = win_compute = 0.0
-                    win_steps = 0
-                if args.ckpt_every and s.global_step % args.ckpt_every == 0 and i + 1 < n:
-                    self._epoch_loss_sum, self._epoch_steps = loss_sum.item(), prior_steps + steps
-                    self._epoch_hits = int(self.step_fn.hits.item()) if hits is not None else 0
-                    self.save("last.pt")
-                    t_prev = time.perf_counter()  # checkpoint time is neither data wait nor compute
-        finally:
-            bar.close()
-        if consumed < pass_len:
+            batch = next(ep.it)
+        except StopIteration:
+            raise TrainError(
+                f"the training loader ended after {i} of {self.steps_per_epoch} batches; its len() does not match "
+                "what it yields"
+            ) from None
+        ep.consumed += 1
+        return batch
+
+    def _prepare_batch(self, batch):
+        """(events, labels, soft targets or None): CutMix/MixUp on the frames where the loader did not mix
+        the images, then the --t-train temporal subset."""
+        events, labels = batch[0], batch[1]
+        soft = batch[2] if self.mixer is not None and not self._mix_frames else None
+        if self._mix_frames:
+            events, soft = self.mixer.mix_frames(events, labels)
+        if self.t_train:
+            events = self._temporal_subset(events, self.t_train)
+        return events, labels, soft
+
+    def _train_step(self, ep: _EpochPass, events, labels, soft) -> torch.Tensor:
+        """The step, the schedule's step, and the counters (on the device: no host sync)."""
+        loss = self.step_fn(events, labels) if soft is None else self.step_fn(events, labels, soft)
+        self.scheduler.step()
+        ep.loss_sum += loss.double()
+        ep.steps += 1
+        self.state.global_step += 1
+        return loss
+
+    def _log_window(self, ep: _EpochPass, loss: torch.Tensor) -> None:
+        """Progress bar and TensorBoard for the last --log-every steps (the one host sync of the window)."""
+        rt, win = self.rt, ep.timer
+        lr = self.optimizer.param_groups[0]["lr"]
+        if rt.is_main:
+            loss_now = loss.item()
+            busy = max(win.win_wait + win.win_compute, 1e-9)
+            ips = win.win_steps * self.args.batch_size * rt.world_size / busy
+            ep.bar.set_postfix(loss=f"{loss_now:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}",
+                               wait=f"{100 * win.win_wait / busy:.0f}%")
+            if self.writer is not None:
+                g = self.state.global_step
+                self.writer.add_scalar("train/loss", loss_now, g)
+                self.writer.add_scalar("train/lr", lr, g)
+                self.writer.add_scalar("train/img_per_s", ips, g)
+                self.writer.add_scalar("train/data_wait_ms_per_step", 1000 * win.win_wait / win.win_steps, g)
+                self.writer.add_scalar("train/compute_ms_per_step", 1000 * win.win_compute / win.win_steps, g)
+        ep.bar.update(win.win_steps)
+        win.new_window()
+
+    def _maybe_checkpoint(self, ep: _EpochPass, i: int) -> None:
+        """last.pt every --ckpt-every steps (not on an epoch's last step: the epoch end saves it)."""
+        every = self.args.ckpt_every
+        if every and self.state.global_step % every == 0 and i + 1 < self.steps_per_epoch:
+            self._epoch_loss_sum, self._epoch_steps = ep.loss_sum.item(), ep.prior_steps + ep.steps
+            self._epoch_hits = int(self.step_fn.hits.item()) if ep.hits is not None else 0
+            self.save("last.pt")
+            ep.timer.skip()  # checkpoint time is neither data wait nor compute
+
+    def _at_step_boundary(self) -> None:
+        """Called after every training step, once its checkpoint (if due) is written: the one place where a
+        run may decide to stop between steps (stop signals / preemption: training/preempt.py)."""
+
+    def _close_pass(self, ep: _EpochPass) -> None:
+        loader = self.train_loader
+        if ep.consumed < ep.pass_len:
             # the pass was cut short (ranks cut to a common step count, or a resume that could not restore the
             # loader's position): drop the rest so the next epoch starts at a fresh shuffle
             if hasattr(loader, "reset"):
@@ -393,22 +429,28 @@ class Trainer:
         else:
             # run the pass to its end so the loader closes the epoch itself (DALI resets its iterator and
             # starts prefetching the next epoch); the epoch-end checkpoint then holds a next-epoch state
-            for _ in it:
+            for _ in ep.it:
                 raise TrainError(f"the training loader yields more batches than its len() ({len(loader)})")
-        elapsed = time.perf_counter() - t_start
+
+    def _epoch_stats(self, ep: _EpochPass) -> dict:
+        """The epoch's loss and training top-1 over all ranks (resumed steps included), its speed and data wait."""
+        rt, timer = self.rt, ep.timer
+        elapsed = time.perf_counter() - timer.t_start
         hits = getattr(self.step_fn, "hits", None)
         if rt.distributed:
-            dist.all_reduce(loss_sum)
+            dist.all_reduce(ep.loss_sum)
             if hits is not None:
                 dist.all_reduce(hits)
-        mean_loss = loss_sum.item() / max((prior_steps + steps) * rt.world_size, 1)
-        seen = max((prior_steps + steps) * rt.world_size * args.batch_size, 1)
+        done = ep.prior_steps + ep.steps
+        mean_loss = ep.loss_sum.item() / max(done * rt.world_size, 1)
+        seen = max(done * rt.world_size * self.args.batch_size, 1)
         train_top1 = 100.0 * hits.item() / seen if hits is not None else float("nan")
         self._epoch_loss_sum, self._epoch_steps, self._epoch_hits = 0.0, 0, 0
+        wait_s, compute_s = timer.wait_s, timer.compute_s
         return {
             "loss": mean_loss,
-            "steps": steps,
-            "img_per_s": steps * global_batch / max(elapsed, 1e-9),
+            "steps": ep.steps,
+            "img_per_s": ep.steps * self.args.batch_size * rt.world_size / max(elapsed, 1e-9),
             "data_wait_s": wait_s,
             "compute_s": compute_s,
             "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9),
