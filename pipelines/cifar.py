@@ -58,7 +58,7 @@ class CifarFeed:
     """Batch source for ``fn.external_source(batch_info=True)``: returns (images [b,H,W,3] uint8,
     sample ids [b] int64), raising StopIteration at the end of the shard's epoch.
 
-    Training: epoch e uses ``default_rng([seed, e]).permutation(N)`` (the same on every shard),
+    Training: epoch e (``epoch`` + DALI's epoch counter) uses ``default_rng([seed, e]).permutation(N)`` (the same on every shard),
     trimmed to a multiple of ``num_shards``; shard r takes the r-th contiguous part; the last partial
     batch is dropped, so every shard yields the same number of batches. Evaluation: shard r takes
     the r-th contiguous range in file order and keeps its last, smaller batch: across shards every
@@ -66,7 +66,7 @@ class CifarFeed:
     """
 
     def __init__(self, images: np.ndarray, batch_size: int, *, train: bool, shard_id: int = 0,
-                 num_shards: int = 1, seed: int = DEFAULT_SEED):
+                 num_shards: int = 1, seed: int = DEFAULT_SEED, epoch: int = 0):
         if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
             raise ValueError(f"images must be uint8 [N, H, W, 3], got {images.dtype} {images.shape}")
         self.images = images
@@ -74,6 +74,10 @@ class CifarFeed:
         self.train = bool(train)
         self.shard_id, self.num_shards = int(shard_id), int(num_shards)
         self.seed = int(seed)
+        # The first epoch this feed serves (the loader builds one pipeline per epoch, each with its own
+        # feed); DALI's epoch counter adds to it.
+        self.epoch = int(epoch)
+        self._order: tuple[int, np.ndarray] | None = None  # (epoch, shard indices): one permutation per epoch
         n = len(images)
         if self.train:
             self.shard_size = n // self.num_shards
@@ -95,7 +99,10 @@ class CifarFeed:
     def __call__(self, info):
         if info.iteration >= self.num_batches:
             raise StopIteration
-        idx = self.shard_indices(info.epoch_idx)[info.iteration * self.batch_size : (info.iteration + 1) * self.batch_size]
+        epoch = self.epoch + info.epoch_idx
+        if self._order is None or self._order[0] != epoch:
+            self._order = (epoch, self.shard_indices(epoch))
+        idx = self._order[1][info.iteration * self.batch_size : (info.iteration + 1) * self.batch_size]
         return self.images[idx], idx
 
 

@@ -99,12 +99,16 @@ class FolderPipelineConfig:
 
 
 @pipeline_def
-def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPipelineConfig):
+def _folder_graph(files: Sequence[str] | None, sample_ids: Sequence[int] | None, cfg: FolderPipelineConfig,
+                  file_list: str | None = None, file_root: str | None = None):
     gpu = cfg.device_id is not None and not cfg.cpu_ops  # GPU decode + GPU operators
     shuffle = cfg.train if cfg.shuffle is None else cfg.shuffle
+    # A file list on disk ("path id" lines, written by the loader per epoch and rank) keeps a million
+    # paths out of Python lists; ``files``/``sample_ids`` remain for small, explicit lists.
+    listing = ({"file_list": file_list, **({"file_root": file_root} if file_root else {})} if file_list
+               else {"files": list(files), "labels": list(sample_ids)})
     encoded, ids = fn.readers.file(
-        files=list(files),
-        labels=list(sample_ids),
+        **listing,
         # A fresh global permutation every epoch, identical on every shard (DALI seeds it from the
         # epoch), so shards stay disjoint. Needs equal shard sizes: the loader trims the list.
         shuffle_after_epoch=shuffle,
@@ -164,17 +168,24 @@ def _folder_graph(files: Sequence[str], sample_ids: Sequence[int], cfg: FolderPi
 
 
 def build_folder_pipeline(
-    files: Sequence[str],
-    sample_ids: Sequence[int],
+    files: Sequence[str] | None,
+    sample_ids: Sequence[int] | None,
     cfg: FolderPipelineConfig,
     checkpoint: str | None = None,
+    *,
+    file_list: str | None = None,
+    file_root: str | None = None,
 ):
     """An (unbuilt) DALI pipeline with outputs ``images`` uint8 [B,3,S,S] and ``ids`` int32 [B,1].
 
-    ``files`` are absolute paths, ``sample_ids`` the integers handed back for each (same length).
+    ``files`` are absolute paths, ``sample_ids`` the integers handed back for each (same length); or
+    ``file_list``: a text file of DALI's ``file_list`` format ("path id" per line, paths below
+    ``file_root``), with ``files``/``sample_ids`` None.
     ``checkpoint`` restores a state saved by ``Pipeline.checkpoint()`` (reader position, RNG states).
     """
     cfg.validate()
+    if file_list is not None:
+        return _folder_graph(None, None, cfg, file_list, file_root, **pipeline_options(cfg, checkpoint))
     if len(files) != len(sample_ids):
         raise ValueError(f"files ({len(files)}) and sample_ids ({len(sample_ids)}) differ in length")
     if not files:
