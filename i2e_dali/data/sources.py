@@ -9,20 +9,18 @@ file or folder and says what to do; files that only a decoder can reject are fou
 """
 from __future__ import annotations
 
-import copy
 import io
 import os
 import pickle
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable
 
 import numpy as np
-from tqdm import tqdm
 from ..errors import DatasetError, MissingDataError, UndecodableImageError
 from .base import InMemorySource
-from .exclude import ExcludeList
+from .folder_index import IMAGE_EXTENSIONS, index_folder, is_s3
+from .folder_source import ImageFolderSource
 
 __all__ = [
     "DatasetError",
@@ -38,9 +36,6 @@ __all__ = [
     "dali_error_detail",
 ]
 
-# Formats DALI's image decoders read (by content, so a PNG named .JPEG still decodes).
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".pnm",
-                    ".jp2", ".j2k")
 DATASETS = ("imagenet", "folder", "cifar10", "cifar100", "mnist", "fashionmnist", "caltech101", "caltech256",
             "mini-imagenet")
 # Class-folder sets without train/val folders (the authors' catalog): the folder the archive unpacks to,
@@ -49,14 +44,6 @@ _UNSPLIT_SETS = {"caltech101": ("101_ObjectCategories", ("BACKGROUND_Google",)),
                  "caltech256": ("256_ObjectCategories", ()),
                  "mini-imagenet": ("images", ())}
 DEFAULT_VAL_FRACTION = 0.2
-_MAX_LISTED = 20  # files named in one error message; the rest are counted
-
-
-def _listing(paths: Iterable, limit: int = _MAX_LISTED) -> str:
-    paths = [str(p) for p in paths]
-    shown = "\n  ".join(paths[:limit])
-    more = f"\n  ... and {len(paths) - limit} more" if len(paths) > limit else ""
-    return f"\n  {shown}{more}"
 
 
 def dali_error_detail(message: str) -> str:
@@ -89,145 +76,20 @@ class FolderScan:
 
 
 def scan_image_folder(root: str | os.PathLike, *, progress: bool | None = None) -> FolderScan:
-    """Walk ``root/<class>/**`` (sorted, following links) without opening any image.
+    """Walk ``root/<class>/**`` (sorted, following links) without opening any image (``index_folder``'s
+    walk, as Python lists: for tools that want every path, e.g. ``i2e-check``).
 
     Classes are the sorted names of root's sub-folders (torchvision's ImageFolder rule); images in
     nested folders below a class belong to it.
     """
-    root = Path(root).expanduser()
-    if not root.exists():
-        raise MissingDataError(f"data folder {root} does not exist; pass the folder that holds one sub-folder per class")
-    if not root.is_dir():
-        raise DatasetError(f"{root} is a file, not a folder; pass the folder that holds one sub-folder per class")
-    scan = FolderScan(root=root)
-    entries = sorted(os.scandir(root), key=lambda e: e.name)
-    scan.classes = [e.name for e in entries if e.is_dir() and not e.name.startswith(".")]
-    scan.stray_files = [Path(e.path) for e in entries if e.is_file() and not e.name.startswith(".")]
-    bar = tqdm(scan.classes, desc=f"scanning {root.name}", unit="class", disable=True if progress is False else None,
-               leave=False)
-    for label, name in enumerate(bar):
-        found = 0
-        for dirpath, dirnames, filenames in os.walk(root / name, followlinks=True):
-            dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-            for fname in sorted(filenames):
-                if fname.startswith("."):
-                    continue
-                path = os.path.join(dirpath, fname)
-                if not fname.lower().endswith(IMAGE_EXTENSIONS):
-                    scan.not_images.append(Path(path))
-                    continue
-                try:
-                    size = os.stat(path).st_size
-                except OSError:  # dangling link or unreadable entry: DALI could not read it either
-                    scan.empty_files.append(Path(path))
-                    continue
-                if size == 0:
-                    scan.empty_files.append(Path(path))
-                    continue
-                scan.samples.append((path, label))
-                found += 1
-        if found == 0:
-            scan.empty_classes.append(root / name)
-    return scan
-
-
-class ImageFolderSource:
-    """One split in the ImageNet layout: ``root/<class>/<image>``; label = index of the sorted class name.
-
-    Refuses (``DatasetError`` naming the files) class folders holding non-image or zero-byte files,
-    and empty class folders, unless ``skip_invalid=True`` (leave such files out) or
-    ``allow_empty_classes=True`` (keep the class index, with no images). Undecodable images with an
-    image extension cannot be found without decoding: run ``i2e-check ROOT`` for those.
-    """
-
-    kind = "folder"
-    default_ratio = 0.12
-    default_crop_size = 224
-    default_resize_size = 256
-
-    def __init__(self, root: str | os.PathLike, *, skip_invalid: bool = False, allow_empty_classes: bool = False,
-                 progress: bool | None = None, exclude=None):
-        scan = scan_image_folder(root, progress=progress)
-        self.root = scan.root
-        # exclude: paths to leave out (an ExcludeList from read_exclude_list, e.g. i2e-check --list's file,
-        # or any iterable of paths); what was dropped is kept in .excluded and told by .exclusion_note
-        excl = ExcludeList.of(exclude)
-        self.exclude_origin = excl.origin if len(excl) else None
-        self.excluded: list[str] = []
-        if len(excl):
-            kept, dropped = excl.split([p for p, _ in scan.samples], scan.root)
-            self.excluded = [scan.samples[i][0] for i in dropped]
-            scan.samples = [scan.samples[i] for i in kept]
-            for attr in ("not_images", "empty_files"):
-                files = getattr(scan, attr)
-                kept, dropped = excl.split(files, scan.root)
-                self.excluded += [str(files[i]) for i in dropped]
-                setattr(scan, attr, [files[i] for i in kept])
-        if not scan.classes:
-            hint = (
-                f" It holds {len(scan.stray_files)} files directly; move them into one sub-folder per class."
-                if scan.stray_files else ""
-            )
-            raise DatasetError(
-                f"{self.root} has no class sub-folders. Expected the ImageNet layout {self.root}/<class>/<image>."
-                + hint
-            )
-        if scan.bad_files and not skip_invalid:
-            parts = []
-            if scan.not_images:
-                parts.append(f"{len(scan.not_images)} file(s) that are not images (by extension; DALI reads "
-                             f"{', '.join(IMAGE_EXTENSIONS)}):" + _listing(scan.not_images))
-            if scan.empty_files:
-                parts.append(f"{len(scan.empty_files)} empty (zero-byte) or unreadable file(s):"
-                             + _listing(scan.empty_files))
-            raise DatasetError(
-                f"{self.root} contains files the loader cannot use:\n" + "\n".join(parts)
-                + "\nRemove or replace them (or pass skip_invalid=True to leave them out), then run "
-                f"`i2e-check {self.root}` to find images that do not decode."
-            )
-        if scan.empty_classes and not allow_empty_classes:
-            raise DatasetError(
-                f"{len(scan.empty_classes)} class folder(s) in {self.root} hold no images:"
-                + _listing(scan.empty_classes)
-                + "\nAdd images or delete the folder(s) (class indices follow the sorted folder names, so train "
-                "and val must have the same classes), or pass allow_empty_classes=True."
-            )
-        self.classes: list[str] = scan.classes
-        self.samples: list[tuple[str, int]] = scan.samples
-        self.skipped: list[Path] = scan.bad_files
-        if not self.samples:
-            raise DatasetError(f"{self.root} holds no images; expected {self.root}/<class>/<image>.JPEG")
-
-    @property
-    def exclusion_note(self) -> str | None:
-        """"N images excluded (listed in ORIGIN)" when an exclude list was given, else None."""
-        if self.exclude_origin is None:
-            return None
-        return f"{len(self.excluded)} image(s) of {self.root} excluded (listed in {self.exclude_origin})"
-
-    @property
-    def class_to_idx(self) -> dict[str, int]:
-        return {c: i for i, c in enumerate(self.classes)}
-
-    @property
-    def files(self) -> list[str]:
-        return [p for p, _ in self.samples]
-
-    @property
-    def labels(self) -> list[int]:
-        return [lab for _, lab in self.samples]
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def subset(self, indices) -> "ImageFolderSource":
-        """The same source listing only ``indices`` (in that order); classes are kept."""
-        sub = copy.copy(self)
-        sub.samples = [self.samples[i] for i in indices]
-        return sub
-
-    def __repr__(self) -> str:
-        return f"ImageFolderSource({str(self.root)!r}, {len(self.samples)} images, {len(self.classes)} classes)"
+    idx = index_folder(root if is_s3(root) else Path(root).expanduser(), progress=progress)
+    return FolderScan(
+        root=Path(idx.root) if not is_s3(idx.root) else idx.root, classes=list(idx.classes),
+        samples=list(zip((idx.join(r) for r in idx.rel_paths()), idx.labels.tolist())),
+        not_images=[Path(idx.join(r)) for r in idx.not_images],
+        empty_files=[Path(idx.join(r)) for r in idx.empty_files],
+        empty_classes=[Path(idx.join(r)) for r in idx.empty_classes],
+        stray_files=[Path(idx.join(r)) for r in idx.stray_files])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -411,12 +273,21 @@ def open_source(data_root: str | os.PathLike, split: str, dataset: str = "imagen
     - imagenet / folder: ``<data_root>/train`` and ``<data_root>/val`` in the class-folder layout;
     - cifar10 / cifar100: ``data_root`` is the folder with the batches or its parent; "val" is the
       official test split.
-    ``kwargs`` go to the source (e.g. ``skip_invalid=True`` for folders).
+    - an ``s3://bucket/prefix`` data root: ``prefix/train`` and ``prefix/val`` (class folders only).
+    ``kwargs`` go to the source (e.g. ``skip_invalid=True`` for folders); for folders ``index`` is None (scan
+    now), "auto" (``<split>/.i2e-index.npz``) or a folder holding ``<split>.i2e-index.npz`` (written once by
+    rank 0 when missing; see ``i2e_dali.data.folder_index``).
     """
     if split not in ("train", "val"):
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if dataset not in DATASETS:
         raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
+    if kwargs.get("index") not in (None, "auto"):  # a folder of index files, one per split
+        kwargs["index"] = Path(kwargs["index"]).expanduser() / f"{split}.i2e-index.npz"
+    if is_s3(data_root):
+        if dataset not in ("imagenet", "folder"):
+            raise ValueError(f"s3:// data roots are read for class-folder sets (imagenet, folder), not {dataset}")
+        return ImageFolderSource(f"{str(data_root).rstrip('/')}/{split}", **kwargs)
     root = Path(data_root).expanduser()
     if dataset in ("mnist", "fashionmnist"):
         from .idx import IdxSource
@@ -470,20 +341,20 @@ def split_class_folders(root: str | os.PathLike, split: str, dataset: str, *,
     kwargs.setdefault("skip_invalid", True)
     src = ImageFolderSource(folder, **kwargs)
     keep = [c for c in src.classes if c not in excluded]
-    new_label = {src.classes.index(c): i for i, c in enumerate(keep)}
-    by_class: dict[int, list[int]] = {}
-    for i, (_, label) in enumerate(src.samples):
-        if label in new_label:
-            by_class.setdefault(new_label[label], []).append(i)
+    new_label = np.full(len(src.classes), -1, np.int64)
+    for i, c in enumerate(keep):
+        new_label[src.classes.index(c)] = i
+    labels = new_label[src.label_array]
     chosen = []
-    for label, idx in sorted(by_class.items()):
+    for label in range(len(keep)):
+        idx = np.flatnonzero(labels == label)
         n = len(idx)
         n_val = 0 if n < 2 else min(n - 1, max(1, round(n * val_fraction)))
         perm = np.random.default_rng([seed, label]).permutation(n)
         picked = perm[:n_val] if split == "val" else perm[n_val:]
-        chosen += [idx[j] for j in sorted(picked.tolist())]
-    chosen.sort()
+        chosen.append(idx[np.sort(picked)])
+    chosen = np.sort(np.concatenate(chosen)) if chosen else np.zeros(0, np.int64)
     out = src.subset(chosen)
     out.classes = keep
-    out.samples = [(path, new_label[label]) for path, label in out.samples]
+    out.label_array = labels[chosen]
     return out
