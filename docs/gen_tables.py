@@ -1,0 +1,208 @@
+"""Write every generated table in README.md and docs/ from committed files, or check that none is stale.
+
+    python docs/gen_tables.py            # rewrite the blocks between the markers
+    python docs/gen_tables.py --check    # exit 1 naming every stale block (tests/test_docs.py runs this)
+
+A block looks like this in a Markdown file (the name picks the generator below):
+
+    <!-- generated: demo-epochs (python docs/gen_tables.py) -->
+    ...table...
+    <!-- end generated: demo-epochs -->
+
+Sources: benchmarks/results/cpu/ (CPU reference runs: demo/ = the demo's metrics.jsonl, config.json and run.json;
+interp-compare.json),
+benchmarks/results/*-proof.json (GPU proofs), pyproject.toml ([project.scripts]) and the recipe registry
+(i2e_dali.training.recipes). A measured number in the docs that is not in such a block carries the date
+and the command that gave it. Edit the sources, never the blocks: the next --check would fail.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib  # type: ignore[no-redef]
+
+ROOT = Path(__file__).resolve().parents[1]
+BLOCK = re.compile(
+    r"(?P<head><!-- generated: (?P<name>[a-z0-9-]+) \(python docs/gen_tables.py\) -->\n)"
+    r"(?P<body>.*?)"
+    r"(?P<tail><!-- end generated: (?P=name) -->)",
+    re.S,
+)
+DEMO = Path("benchmarks/results/cpu/demo")
+INTERP = Path("benchmarks/results/cpu/interp-compare.json")
+
+# One line per console script, with the guide that explains it. A script in pyproject.toml without a line
+# here makes --check fail: every CLI is in the table.
+CLIS = {
+    "i2e-train": ("train a spiking network (same as `python train_dali.py`)", "training"),
+    "i2e-check": ("find every file the pipeline cannot decode, before a long run", "bad-data"),
+    "i2e-bench": ("benchmarks: convert, loader, train, corpus, the GPU proof", "benchmarks"),
+    "i2e-export": ("export an image set as an I2E event set (npz or Parquet), also under torchrun",
+                   "datasets"),
+    "i2e-shard": ("pack an image folder into WebDataset tar shards for `--dataset wds`", "datasets"),
+    "i2e-viz": ("events of an image as an animated GIF and a contact sheet", "datasets"),
+    "i2e-calibrate": ("find the ratio that gives a target event rate on your images", "datasets"),
+    "i2e-report": ("firing rates, operation counts and energy estimate of a checkpoint", "energy"),
+    "i2e-export-nir": ("export a trained network as a NIR graph for neuromorphic hardware", "nir"),
+}
+
+TITLES = {"training": "Training", "bad-data": "Bad data", "benchmarks": "Benchmarks", "datasets": "Data sets",
+          "energy": "Energy report", "nir": "NIR export", "loader": "Loader", "cluster": "Cluster"}
+
+
+def _link(md_file: Path, root: Path, page: str) -> str:
+    target = root / "docs" / "guides" / f"{page}.md"
+    return Path(os.path.relpath(target, md_file.parent)).as_posix()
+
+
+def gen_clis(root: Path, md_file: Path) -> str:
+    scripts = tomllib.loads((root / "pyproject.toml").read_text())["project"]["scripts"]
+    missing = sorted(set(scripts) - set(CLIS))
+    if missing:
+        raise SystemExit(f"gen_tables: console script(s) {', '.join(missing)} in pyproject.toml have no line in "
+                         "CLIS (docs/gen_tables.py): add what each does and its guide")
+    rows = ["| command | what it does | guide |", "|---|---|---|"]
+    for name in scripts:
+        what, page = CLIS[name]
+        rows.append(f"| `{name}` | {what} | [{TITLES[page]}]({_link(md_file, root, page)}) |")
+    return "\n".join(rows) + "\n"
+
+
+def _demo(root: Path) -> tuple[list[dict], dict, dict]:
+    folder = root / DEMO
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    epochs = [json.loads(line) for line in lines if line.strip()]
+    config = json.loads((folder / "config.json").read_text())
+    run = json.loads((folder / "run.json").read_text())
+    return epochs, config, run
+
+
+def gen_demo_summary(root: Path, md_file: Path) -> str:
+    epochs, config, run = _demo(root)
+    last = epochs[-1]
+    train_s = sum(e["epoch_time_s"] for e in epochs)
+    ips = sum(e["train_img_per_s"] for e in epochs) / len(epochs)
+    wait = sum(e["train_data_wait_fraction"] for e in epochs) / len(epochs)
+    return (
+        f"| demo run ({run['date']}, {run['machine']}) | |\n|---|---|\n"
+        f"| command | `{run['command']}` |\n"
+        f"| model | {config['arch']} width {config['width']}, T={config['timesteps']}, {config['size']} px, "
+        f"{len(epochs)} epochs |\n"
+        f"| best / last validation top-1 | **{last['best_top1']:.2f} %** / {last['val_top1']:.2f} % "
+        f"({last['val_count']} images, chance 10 %) |\n"
+        f"| training time | {train_s:.0f} s ({run['wall_s']:.0f} s wall with start-up and data generation) |\n"
+        f"| mean speed, data wait | {ips:.0f} img/s, {100 * wait:.1f} % |\n"
+    )
+
+
+def gen_demo_epochs(root: Path, md_file: Path) -> str:
+    epochs, _, _ = _demo(root)
+    rows = ["| epoch | val top-1 | val top-5 | val loss | train loss | train img/s | data wait |",
+            "|---|---|---|---|---|---|---|"]
+    for e in epochs:
+        rows.append(f"| {e['epoch']} | {e['val_top1']:.2f} % | {e['val_top5']:.2f} % | {e['val_loss']:.4f} | "
+                    f"{e['train_loss']:.4f} | {e['train_img_per_s']:.0f} | "
+                    f"{100 * e['train_data_wait_fraction']:.1f} % |")
+    return "\n".join(rows) + "\n"
+
+
+def gen_gpu_proofs(root: Path, md_file: Path) -> str:
+    proofs = sorted((root / "benchmarks" / "results").glob("*-proof.json"))
+    if not proofs:
+        return ("No GPU result is committed yet: `benchmarks/results/` holds no `*-proof.json`. Nothing on this "
+                "site is a GPU number.\n")
+    rows = ["| proof | device | date | goal | target | measured | verdict |", "|---|---|---|---|---|---|---|"]
+    for path in proofs:
+        rec = json.loads(path.read_text())
+        env = rec.get("environment", {})
+        for g in rec.get("goals", []):
+            rows.append(f"| `{path.name}` | {env.get('device', '?')} | {env.get('date', '?')} | {g['goal']} | "
+                        f"{g['target']} | {g['measured']} | {g['verdict']} |")
+    return "\n".join(rows) + "\n"
+
+
+def gen_recipes(root: Path, md_file: Path) -> str:
+    from i2e_dali.training.recipes import RECIPES
+
+    rows = ["| recipe | paper row | data | model | epochs | expected top-1 (paper) | pre-training |",
+            "|---|---|---|---|---|---|---|"]
+    for r in RECIPES.values():
+        s = r.settings
+        top1 = "n/a here" if r.expected_top1 is None else f"{r.expected_top1:.2f}"
+        pre = f"`--recipe {r.pretrain}`" if r.pretrain else ("your `--pretrained`" if r.needs_pretrained else "–")
+        rows.append(f"| `{r.name}` | {r.row} | {s['dataset']} | {s['arch']} | {s['epochs']} | {top1} | {pre} |")
+    return "\n".join(rows) + "\n"
+
+
+def gen_interp(root: Path, md_file: Path) -> str:
+    rec = json.loads((root / INTERP).read_text())
+    rows = ["| case | mean abs pixel diff (0–255) | max | pixels equal | event cells agree | event F1 | "
+            "event rate DALI / PIL |", "|---|---|---|---|---|---|---|"]
+    for case, r in rec["results"].items():
+        rows.append(f"| {case} | {r['mean_abs_pixel_diff']:.3f} | {r['max_abs_pixel_diff']} | "
+                    f"{100 * r['share_pixels_equal']:.1f} % | {100 * r['event_cells_agree']:.3f} % | "
+                    f"{r['event_f1']:.3f} | {100 * r['rate_dali']:.2f} % / {100 * r['rate_pil']:.2f} % |")
+    n = {r["images"] for r in rec["results"].values()}
+    rows.append(f"\n*{'/'.join(map(str, sorted(n)))} images, {rec['date']}, {rec['machine']}: `{rec['command']}`*")
+    return "\n".join(rows) + "\n"
+
+
+GENERATORS = {
+    "interp-compare": gen_interp,
+    "clis": gen_clis,
+    "demo-summary": gen_demo_summary,
+    "demo-epochs": gen_demo_epochs,
+    "gpu-proofs": gen_gpu_proofs,
+    "recipes": gen_recipes,
+}
+
+
+def markdown_files(root: Path) -> list[Path]:
+    return [root / "README.md", *sorted((root / "docs").rglob("*.md"))]
+
+
+def process(root: Path, *, check: bool) -> list[str]:
+    """Regenerate every block under ``root``; return the stale ones as 'file: name' (written unless check)."""
+    stale = []
+    for md in markdown_files(root):
+        text = md.read_text()
+
+        def fill(m: re.Match) -> str:
+            name = m["name"]
+            if name not in GENERATORS:
+                raise SystemExit(f"gen_tables: {md}: unknown block {name!r} (known: {', '.join(GENERATORS)})")
+            body = GENERATORS[name](root, md)
+            if body != m["body"]:
+                stale.append(f"{md.relative_to(root)}: {name}")
+            return m["head"] + body + m["tail"]
+
+        new = BLOCK.sub(fill, text)
+        if new != text and not check:
+            md.write_text(new)
+    return stale
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if a block is stale")
+    ap.add_argument("--root", type=Path, default=ROOT, help="repository root (default: this checkout)")
+    args = ap.parse_args(argv)
+    stale = process(args.root.resolve(), check=args.check)
+    if args.check and stale:
+        print("stale generated tables (run `python docs/gen_tables.py` and commit):", *stale, sep="\n  ")
+        return 1
+    print(("checked" if args.check else "wrote"), "generated tables:", "stale: " + ", ".join(stale) if stale
+          else "all up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
