@@ -55,7 +55,7 @@ def conv_ops(cin: int, cout: int, kernel: int | tuple[int, int], out_h: int, out
 
 
 def i2e_encoding_ops(height: int, width: int, timesteps: int) -> dict:
-    """Operations of the I2E conversion of one RGB image (shared/I2E_SPEC.md), all additions/comparisons:
+    """Operations of the I2E conversion of one RGB image (docs/concepts/i2e.md), all additions/comparisons:
     V = max(R,G,B) 2 per pixel; range = max(V) - min(V) 2 per pixel; per timestep one difference and two
     threshold comparisons (ON, OFF) per pixel; plus one multiply for the threshold. Resize/crop are not
     counted: an ANN's input pipeline does them too."""

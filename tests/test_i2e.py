@@ -1,4 +1,5 @@
-"""The I2E conversion against an independent, slow reference written from shared/I2E_SPEC.md."""
+"""The I2E conversion against an independent, slow reference written from the docs page docs/concepts/i2e.md
+(the conversion's definition, also at "Concepts > The I2E conversion" on the docs site)."""
 from __future__ import annotations
 
 

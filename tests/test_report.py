@@ -27,7 +27,7 @@ def test_appendix_b_first_layer_arithmetic():
     assert ann_macs == 7 * 7 * 3 * 64 * 112 * 112 == 118_013_952
     assert snn_ops == 7 * 7 * 2 * 64 * 112 * 112 == 78_675_968
     assert ann_energy_pj(ann_macs) == pytest.approx(542_864_179.2, rel=1e-12)  # 0.543 mJ
-    # T = 8 timesteps, 5 % of the input firing (ratio 0.12 on ImageNet, shared/I2E_SPEC.md)
+    # T = 8 timesteps, 5 % of the input firing (ratio 0.12 on ImageNet, docs/concepts/i2e.md)
     e_snn = snn_energy_pj(snn_ops, 0.05, 8)
     assert e_snn == pytest.approx(78_675_968 * 0.05 * 8 * 0.9, rel=1e-12) == pytest.approx(28_323_348.48)
     assert ann_energy_pj(ann_macs) / e_snn == pytest.approx(118_013_952 * 4.6 / 28_323_348.48, rel=1e-12)

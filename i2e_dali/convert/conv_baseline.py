@@ -3,7 +3,7 @@
 This is not a second product path: nothing in the loader, exporter or trainer calls it. It exists so the
 benchmark (and the tests) can set our conversion side by side with how users compute I2E today: scale
 the whole RGB image to float, take the channel max, pad, run a 3x3 convolution with one -1/+1 kernel per
-timestep, and threshold. It follows shared/I2E_SPEC.md (constant images fire nothing), so its events
+timestep, and threshold. It follows docs/concepts/i2e.md (constant images fire nothing), so its events
 equal ``i2e_convert``'s bit for bit on the CPU.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The I2E spec (shared/I2E_SPEC.md) as code: motion table, timestep orders, motion draws, the
+"""The I2E spec (defined in docs/concepts/i2e.md) as code: motion table, timestep orders, motion draws, the
 threshold rule and the argument checks. Both conversion paths (``torch_path``, ``triton_path``) and the
 conv baseline build on this module and nothing else of the package; ``api`` dispatches between them.
 
