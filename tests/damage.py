@@ -154,10 +154,28 @@ def jpeg_sof_size(d: bytes, rng: random.Random) -> bytes:
     return bytes(d)
 
 
+def jpeg_declare_size(d: bytes, width: int, height: int) -> bytes:
+    """The same JPEG with its frame header (SOF) declaring ``width`` x ``height`` pixels: the header lies,
+    the entropy-coded data is the original's (how a damaged real photo declared 6081 x 43406)."""
+    d = bytearray(d)
+    i = _sof(d)
+    if i < 0:
+        raise ValueError("no SOF marker: not a baseline/progressive JPEG")
+    d[i + 5:i + 7] = int(height).to_bytes(2, "big")
+    d[i + 7:i + 9] = int(width).to_bytes(2, "big")
+    return bytes(d)
+
+
+def jpeg_absurd_size(d: bytes, rng: random.Random) -> bytes:
+    """A plausible-looking but absurd declared size (tens of thousands of pixels a side)."""
+    w, h = rng.choice([(6081, 43406), (43406, 6081), (30000, 30000), (65000, 2000)])
+    return jpeg_declare_size(d, w, h)
+
+
 JPEG_DAMAGE = {"bitflip": bit_flips, "truncated": jpeg_truncated, "header": jpeg_header,
-               "entropy": jpeg_entropy_junk, "sofsize": jpeg_sof_size}
+               "entropy": jpeg_entropy_junk, "sofsize": jpeg_sof_size, "absurd": jpeg_absurd_size}
 # kinds that can never decode (the others sometimes still do, with garbage pixels)
-JPEG_ALWAYS_BAD = ("truncated", "sofsize")
+JPEG_ALWAYS_BAD = ("truncated", "sofsize", "absurd")  # absurd: over the check's pixel limit
 
 
 def damaged_jpeg_folder(root: Path, samples: list[Path], per_kind: int, clean: int, seed: int = 0) -> dict:

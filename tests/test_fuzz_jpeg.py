@@ -16,7 +16,7 @@ from PIL import Image
 from damage import GENERIC, JPEG_DAMAGE, bit_flips, mutate
 from loader_data import smooth_image
 
-REASONS = ("cannot be decoded (DALI: ", "crashes the decoder (", "decoder hang: ")
+REASONS = ("cannot be decoded (DALI: ", "crashes the decoder (", "decoder hang: ", "declares ")
 
 
 def _seeds(tmp_path: Path) -> list[bytes]:

@@ -1,8 +1,12 @@
 """Decode checking: which files of a list DALI's CPU decoder cannot decode, and why.
 
 - :func:`decode_check` decodes in isolated worker processes (decode_pool.py), so a file that crashes or
-  hangs the decoder is named instead of killing the caller. Used by ``i2e-check`` (tools/check.py) and by
-  the EventLoader to name the culprit when a batch fails.
+  hangs the decoder is named instead of killing the caller; it decodes the ways the loader's views do
+  (whole image and the training view's random-crop ROI decode) and refuses declared sizes over a pixel
+  limit (:func:`default_max_pixels`) before DALI sees them. Used by ``i2e-check`` (tools/check.py).
+- :func:`find_culprits`: the EventLoader's answer to any DALI error that is not the machine's
+  (:func:`is_infrastructure_error`): the file(s) to blame, from DALI's message when it names one, else by
+  the isolated search over the loader's files (headers first, then the decode check).
 - :func:`find_bad_files` checks one class-folder split and caches the answer per folder, keyed by the
   file list, sizes and modification times (``--skip-bad``).
 """
@@ -10,31 +14,159 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterable
 
+import re
+
+from ..errors import ConfigError, UndecodableImageError
 from ..fsio import atomic_write_text
 from ..placement import usable_cores
-from .decode_pool import DEFAULT_TIME_LIMIT, DecodePool
+from .decode_pool import DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_TIME_LIMIT, DecodePool, over_limit
 from .exclude import normalize_path
 from .sources import scan_image_folder
 
-__all__ = ["decode_check", "find_bad_files", "default_check_cache", "DEFAULT_TIME_LIMIT"]
+__all__ = ["decode_check", "find_bad_files", "default_check_cache", "default_max_pixels", "find_culprits", "loader_error",
+           "is_infrastructure_error", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS"]
 
-_CACHE_VERSION = 1
+_log = logging.getLogger("i2e_dali.data")
+_CACHE_VERSION = 2  # 2: the random-crop decode and the pixel limit joined the check
+_USE_DEFAULT = object()
+
+
+def default_max_pixels() -> int | None:
+    """The declared-size limit: ``$I2E_DALI_MAX_PIXELS`` (0 = no limit), else PIL's decompression-bomb
+    threshold, :data:`DEFAULT_MAX_PIXELS` (89,478,485 pixels)."""
+    raw = os.environ.get("I2E_DALI_MAX_PIXELS", "").strip()
+    if not raw:
+        return DEFAULT_MAX_PIXELS
+    try:
+        value = int(raw.replace("_", ""))
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ConfigError(f"I2E_DALI_MAX_PIXELS={raw!r}: expected a pixel count >= 0 (0 = no limit)")
+    return value or None
 
 
 def decode_check(files: list[str], *, num_threads: int | None = None, batch_size: int = 32,
                  progress: bool | None = None, time_limit: float = DEFAULT_TIME_LIMIT,
-                 decode_fn=None) -> list[tuple[str, str]]:
+                 decode_fn=None, max_pixels=_USE_DEFAULT, crop=DEFAULT_CROP) -> list[tuple[str, str]]:
     """Decode every file with DALI's CPU decoder in isolated worker processes; return ``(path, reason)``
-    for each file that cannot be read or decoded, crashes the decoder or hangs it past ``time_limit``
-    seconds. ``num_threads`` worker processes (default: every usable core), ``batch_size`` files per
-    chunk; the order of the result follows ``files``."""
+    for each file that cannot be read or decoded (whole, or through the training view's random-crop ROI
+    decoder with the ``crop`` = (area, aspect ratio) ranges; None: whole only), declares more than
+    ``max_pixels`` pixels (default :func:`default_max_pixels`; None or 0: no limit), crashes the decoder
+    or hangs it past ``time_limit`` seconds. ``num_threads`` worker processes (default: every usable
+    core), ``batch_size`` files per chunk; the order of the result follows ``files``."""
     workers = usable_cores() if num_threads is None else max(1, int(num_threads))
-    pool = DecodePool(workers, batch_size=batch_size, time_limit=time_limit, decode_fn=decode_fn)
+    limit = default_max_pixels() if max_pixels is _USE_DEFAULT else max_pixels
+    pool = DecodePool(workers, batch_size=batch_size, time_limit=time_limit, decode_fn=decode_fn,
+                      max_pixels=limit, crop=crop)
     return pool.run(list(files), progress=progress)
+
+
+# ------------------------------------------------------------------------------------------------
+# the loader's culprit search
+# ------------------------------------------------------------------------------------------------
+# DALI names the failing sample's source in some errors ("Failed to decode sample #3 : /x/y.JPEG",
+# "File mapping failed: /x/y.JPEG"), not in all (e.g. "nvImageCodec failure: '#4'", a bad crop window).
+PATH_PATTERNS = (
+    re.compile(r"sample #\d+\s*:\s*(\S+)"),
+    re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
+)
+# CUDA / driver / memory failures: never a bad image, even when the decoder reports them.
+_INFRA_PHRASES = ("cuda", "driver", "out of memory", "illegal memory", "illegal address", "launch failure",
+                  "nvjpeg_status_execution_failed", "nvjpeg_status_internal_error",
+                  "nvjpeg_status_allocator_failure", "nvjpeg_status_arch_mismatch", "ecc error",
+                  "std::bad_alloc", "cannot allocate memory")
+
+
+def is_infrastructure_error(message: str) -> bool:
+    """True when a DALI error is the machine's (CUDA, driver, memory), not a file's: such errors pass
+    through as themselves, a culprit search would only hide them. Read after DALI's "encountered:" with
+    the sample paths removed, so an operator traceback or a folder named "cuda" cannot misclassify it."""
+    low = str(message).lower()
+    detail = low.split("encountered:", 1)[1] if "encountered:" in low else low
+    for pat in PATH_PATTERNS:
+        detail = pat.sub(" ", detail)
+    detail = re.sub(r"\S*/\S*", " ", detail)  # any other path (a data folder called "cuda", DALI's sources)
+    return any(k in detail for k in _INFRA_PHRASES)
+
+
+def named_in_message(message: str) -> list[str]:
+    """The file DALI's message names, if it names one."""
+    for pat in PATH_PATTERNS:
+        m = pat.search(str(message))
+        if m:
+            return [m.group(1).rstrip(".,;'\"")]
+    return []
+
+
+def find_culprits(files: list[str], message: str = "", *, num_threads: int | None = None,
+                  max_pixels=_USE_DEFAULT, crop=DEFAULT_CROP) -> list[tuple[str, str]]:
+    """``(path, reason)`` for the file(s) of ``files`` to blame for a DALI error with ``message``: the one
+    DALI names, else what an isolated search finds, whatever the message says. The search reads every
+    header first (declared sizes over ``max_pixels``: cheap, no decoding), and when no header is to blame
+    runs :func:`decode_check` over ``files``: decoding happens in worker processes, never in the caller
+    (which may be a training process whose DALI state an error has just spoiled). ``[]`` when nothing
+    in ``files`` is at fault."""
+    named = named_in_message(message)
+    if named:
+        return [(named[0], "named by DALI")]
+    limit = default_max_pixels() if max_pixels is _USE_DEFAULT else max_pixels
+    _log.warning("a DALI error named no file; searching %d file(s) for the culprit in isolated processes",
+                 len(files))
+    if limit:
+        oversized = []
+        for path in files:
+            try:
+                with open(path, "rb") as f:
+                    head = f.read(1 << 20)  # a header fits (EXIF and ICC segments included, as a rule)
+            except OSError:
+                continue  # unreadable: the decode check below names it with its reason
+            why = over_limit(head, limit)
+            if why is not None:
+                oversized.append((path, why))
+        if oversized:
+            return oversized
+    workers = min(usable_cores(), 8) if num_threads is None else max(1, int(num_threads))
+    return decode_check(files, num_threads=workers, progress=False, max_pixels=limit, crop=crop)
+
+
+def loader_error(message: str, files: list[str] | None, *, root="", num_threads: int | None = None):
+    """What the EventLoader raises for a DALI error with ``message``: an :class:`UndecodableImageError`
+    naming the file(s) to blame, found by :func:`find_culprits` over ``files`` (the loader's share; None
+    for sources without files, e.g. CIFAR arrays) whatever DALI's message says; ``None`` when the error
+    must pass through as itself: a CUDA / driver / memory failure, or no file is to blame and the
+    message is not about one either."""
+    from .event_loader import is_dali_data_error
+    from .sources import dali_error_detail
+
+    if is_infrastructure_error(message):
+        return None
+    culprits = []
+    if files:
+        try:
+            culprits = find_culprits(files, message, num_threads=num_threads)
+        except RuntimeError:  # the search itself could not run: keep the original error
+            culprits = []
+    detail = dali_error_detail(message)
+    if culprits:
+        paths = [p for p, _ in culprits]
+        why = "; ".join(f"{p}: {w}" for p, w in culprits[:10] if w != "named by DALI")
+        where = f"image file{'s' if len(paths) > 1 else ''} {', '.join(paths[:10])}"
+        detail = f"{detail}{' (' + why + ')' if why else ''}"
+    elif is_dali_data_error(message):
+        where = f"an image in {root} (DALI did not name the file)"
+    else:
+        return None
+    return UndecodableImageError(
+        f"DALI could not read or decode {where}: {detail}\n"
+        f"Run `i2e-check {root}` to list every file the pipeline cannot decode, then remove or "
+        f"re-encode those files (e.g. re-save them as RGB JPEG), or train with --skip-bad."
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -48,8 +180,8 @@ def default_check_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "i2e-dali" / "checks"
 
 
-def _fingerprint(paths: Iterable[str]) -> str:
-    h = hashlib.sha256(f"v{_CACHE_VERSION}".encode())
+def _fingerprint(paths: Iterable[str], max_pixels: int | None = None) -> str:
+    h = hashlib.sha256(f"v{_CACHE_VERSION}\0{max_pixels}".encode())
     for p in sorted(paths):
         try:
             st = os.stat(p)
@@ -61,16 +193,18 @@ def _fingerprint(paths: Iterable[str]) -> str:
 
 def find_bad_files(folder: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                    num_workers: int | None = None, progress: bool | None = None,
-                   log=None) -> tuple[list[tuple[str, str]], bool]:
+                   log=None, max_pixels=_USE_DEFAULT) -> tuple[list[tuple[str, str]], bool]:
     """``([(path, reason), ...], from_cache)`` for one class-folder split: non-image and zero-byte files
-    and every image that does not decode. The answer is cached in ``cache_dir`` (default
-    :func:`default_check_cache`) under the folder's real path and reused while no file was added,
-    removed, resized or touched."""
+    and every image that does not decode (whole and by the random-crop decoder) or declares more than
+    ``max_pixels`` pixels. The answer is cached in ``cache_dir`` (default :func:`default_check_cache`)
+    under the folder's real path and reused while no file was added, removed, resized or touched and
+    the pixel limit is the same."""
     folder = Path(folder).expanduser()
+    limit = default_max_pixels() if max_pixels is _USE_DEFAULT else (max_pixels or None)
     scan = scan_image_folder(folder, progress=progress)
     candidates = [p for p, _ in scan.samples]
     listed = sorted(candidates + [str(p) for p in scan.bad_files])
-    key = _fingerprint(listed)
+    key = _fingerprint(listed, limit)
     cache = Path(cache_dir).expanduser() if cache_dir is not None else default_check_cache()
     entry = cache / (hashlib.sha256(normalize_path(folder).encode()).hexdigest()[:24] + ".json")
     try:
@@ -83,7 +217,7 @@ def find_bad_files(folder: str | os.PathLike, *, cache_dir: str | os.PathLike | 
         log(f"checking {len(candidates)} images in {folder} for files DALI cannot decode (cached afterwards)")
     bad = [(str(p), "not an image file (extension)") for p in scan.not_images]
     bad += [(str(p), "empty (zero-byte) or unreadable file") for p in scan.empty_files]
-    bad += decode_check(candidates, num_threads=num_workers, progress=progress)
+    bad += decode_check(candidates, num_threads=num_workers, progress=progress, max_pixels=limit)
     try:
         atomic_write_text(entry, json.dumps({"folder": normalize_path(folder), "key": key, "bad": bad}))
     except OSError as exc:  # a read-only home is no reason to stop: the check is just not reused

@@ -5,7 +5,13 @@ earlier decode error in the same process (shared/DESIGN.md); a hostile file may 
 or make it allocate until the OOM killer comes. So decoding runs in child processes:
 
 - one long-lived worker per usable core (each a one-thread DALI CPU pipeline), fed chunks of files
-  decoded as one DALI batch (the fast path: a clean data set never leaves it);
+  decoded as one DALI batch (the fast path: a clean data set never leaves it). Each file is decoded the
+  ways the loader's views decode it: whole (evaluation, Baseline-I) and through the random-crop ROI
+  decoder of the training view (``decoders.image_random_crop``, same area and aspect ranges), whose
+  verdicts can differ: a header declaring 6081 x 43406 pixels decodes whole and breaks the crop window;
+- before DALI sees a file, its declared size is read from the header (PIL's lazy open: no pixel is
+  decoded) and a file declaring more than ``max_pixels`` pixels is refused, like PIL's
+  decompression-bomb guard (an absurd size would have DALI allocate gigabytes, or overflow);
 - a worker that meets a decode error reports it and exits at once, so every live worker has never
   seen an error (the state the crash needs); a fresh worker takes its place;
 - DALI names the failing sample ("Failed to decode sample #k"): that file is bad. The undecided rest
@@ -39,9 +45,14 @@ from multiprocessing.connection import wait
 
 from tqdm import tqdm
 
-__all__ = ["DecodePool", "DEFAULT_TIME_LIMIT"]
+__all__ = ["DecodePool", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS", "DEFAULT_CROP", "declared_pixels", "over_limit"]
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds one image may take before its decoder counts as hung
+# PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS: a 0.25 GiB RGB image); ImageNet's largest
+# photo is far below it
+DEFAULT_MAX_PIXELS = 89_478_485
+# torchvision's RandomResizedCrop ranges, the training view's defaults (pipelines/folder.py)
+DEFAULT_CROP = ((0.08, 1.0), (3.0 / 4.0, 4.0 / 3.0))
 _PER_FILE_SLACK = 0.5  # a whole batch gets the time limit plus this per file; a careful file the limit alone
 _STARTUP_LIMIT = 300.0  # a worker that cannot even build its pipeline in this time is an environment problem
 _SAMPLE_RE = re.compile(r"sample #(\d+)")
@@ -50,15 +61,21 @@ _SAMPLE_RE = re.compile(r"sample #(\d+)")
 # ------------------------------------------------------------------------------------------------
 # the worker side (runs in the child)
 # ------------------------------------------------------------------------------------------------
-def _build_pipeline(batch_size: int, num_threads: int):
+def _build_pipeline(batch_size: int, num_threads: int, crop):
     from nvidia.dali import fn, pipeline_def, types
 
-    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=None,
+    @pipeline_def(batch_size=batch_size, num_threads=num_threads, device_id=None, seed=0,
                   exec_async=False, exec_pipelined=False, prefetch_queue_depth=1)
     def pipe():
         enc = fn.external_source(name="enc", dtype=types.UINT8, ndim=1)
-        img = fn.decoders.image(enc, device="cpu", output_type=types.RGB)
-        return img.shape()  # keep the output tiny: only "did it decode" matters
+        whole = fn.decoders.image(enc, device="cpu", output_type=types.RGB)
+        outs = [whole.shape()]  # keep the output tiny: only "did it decode" matters
+        if crop is not None:  # the training view's ROI decode (its own window maths and scanline skipping)
+            area, ratio = crop
+            part = fn.decoders.image_random_crop(enc, device="cpu", output_type=types.RGB, random_area=list(area),
+                                                 random_aspect_ratio=list(ratio), num_attempts=10)
+            outs.append(part.shape())
+        return tuple(outs)
 
     p = pipe()
     p.build()
@@ -79,7 +96,45 @@ def _quiet_child() -> None:
     os.close(devnull)
 
 
-def _serve(conn, batch_size: int, num_threads: int, decode_fn) -> None:
+def declared_pixels(data) -> tuple[int, int] | None:
+    """``(width, height)`` an image's header declares, read without decoding a pixel; None when no PIL
+    plugin parses the header (DALI then decides alone). The plugins are tried the way ``Image.open``
+    tries them, but without its decompression-bomb check, which would hide the size behind its own
+    (fixed) limit: the limit here is ours."""
+    import io
+
+    from PIL import Image
+
+    Image.init()
+    head = bytes(data[:16])
+    for fmt in Image.ID:
+        try:
+            factory, accept = Image.OPEN[fmt]
+            if accept is not None and not accept(head):
+                continue
+            im = factory(io.BytesIO(bytes(data)), None)
+        except Exception:  # noqa: BLE001 - not this format, or a header PIL cannot parse: try the next one
+            continue
+        try:
+            return tuple(int(v) for v in im.size)
+        finally:
+            im.close()
+    return None
+
+
+def over_limit(data, max_pixels: int | None) -> str | None:
+    """The reason a file is refused for its declared size, or None."""
+    if not max_pixels:
+        return None
+    size = declared_pixels(data)
+    if size is None or size[0] * size[1] <= max_pixels:
+        return None
+    w, h = size
+    return (f"declares {w} x {h} pixels ({w * h:,} > the limit of {max_pixels:,}; set I2E_DALI_MAX_PIXELS or "
+            "--max-pixels to allow it)")
+
+
+def _serve(conn, batch_size: int, num_threads: int, decode_fn, max_pixels: int | None = None, crop=None) -> None:
     """Worker loop. Receives ``(paths, careful)``. A batch (careful=False) is decoded in one DALI run and
     answered ("ok", results); a careful task is decoded one file per run, announcing ("at", i) before
     file i, so a crash or hang is pinned on the file being decoded. A decode error is answered
@@ -88,7 +143,7 @@ def _serve(conn, batch_size: int, num_threads: int, decode_fn) -> None:
 
     _quiet_child()
     if decode_fn is None:
-        pipe = _build_pipeline(batch_size, num_threads)
+        pipe = _build_pipeline(batch_size, num_threads, crop)
 
         def decode(datas):
             pipe.feed_input("enc", datas)
@@ -114,6 +169,10 @@ def _serve(conn, batch_size: int, num_threads: int, decode_fn) -> None:
                 continue
             if data.size == 0:
                 results.append((path, "empty (zero-byte) file"))
+                continue
+            refused = over_limit(data, max_pixels)
+            if refused is not None:  # never handed to DALI
+                results.append((path, refused))
                 continue
             todo.append(path)
             datas.append(data)
@@ -198,7 +257,8 @@ class DecodePool:
     every file that cannot be decoded, read, or that crashes or hangs the decoder."""
 
     def __init__(self, num_workers: int = 1, *, batch_size: int = 32, time_limit: float = DEFAULT_TIME_LIMIT,
-                 threads_per_worker: int = 1, decode_fn=None):
+                 threads_per_worker: int = 1, decode_fn=None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 crop=DEFAULT_CROP):
         if num_workers < 1 or batch_size < 1 or threads_per_worker < 1:
             raise ValueError("num_workers, batch_size and threads_per_worker must be >= 1")
         if not time_limit > 0:
@@ -208,6 +268,8 @@ class DecodePool:
         self.time_limit = float(time_limit)
         self.threads = int(threads_per_worker)
         self.decode_fn = decode_fn  # a picklable callable(list of uint8 arrays): tests simulate crashes/hangs
+        self.max_pixels = int(max_pixels) if max_pixels else None  # None / 0: no size limit
+        self.crop = None if crop is None else (tuple(map(float, crop[0])), tuple(map(float, crop[1])))
         self.workers_started = 0
         self.workers_lost = 0  # died or killed (crash, hang), not counting the planned exits after errors
         self._ctx = _context()
@@ -215,7 +277,8 @@ class DecodePool:
     # -- workers --------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
         parent, child = self._ctx.Pipe()
-        proc = self._ctx.Process(target=_serve, args=(child, self.batch_size, self.threads, self.decode_fn),
+        proc = self._ctx.Process(target=_serve, args=(child, self.batch_size, self.threads, self.decode_fn,
+                                                      self.max_pixels, self.crop),
                                  daemon=True, name="i2e-decode-check")
         proc.start()
         child.close()
@@ -236,7 +299,8 @@ class DecodePool:
         if not files:
             return []
         settings = dict(num_workers=self.num_workers, batch_size=self.batch_size, time_limit=self.time_limit,
-                        threads_per_worker=self.threads, decode_fn=self.decode_fn)
+                        threads_per_worker=self.threads, decode_fn=self.decode_fn, max_pixels=self.max_pixels,
+                        crop=self.crop)
         # The helper loads this file alone, not the package: no torch import, so it starts in about a second.
         boot = ("import importlib.util as u, sys; s = u.spec_from_file_location('_i2e_decode_pool', sys.argv[1]); "
                 "m = u.module_from_spec(s); sys.modules[s.name] = m; s.loader.exec_module(m); m._helper_main()")

@@ -61,7 +61,6 @@ _PATH_PATTERNS = (
     re.compile(r"sample #\d+\s*:\s*(\S+)"),
     re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
 )
-_AUTO_CHECK_LIMIT = 2000  # name the undecodable file(s) by re-decoding a shard up to this size
 # Phrases of errors about the data itself. nvImageCodec reports statuses by number (nvimgcodec.h):
 # 3/13 bad code stream, 4/14 code stream unsupported, 19 incomplete bit stream are the file's fault;
 # the others (allocator, execution, arch mismatch, internal, CUDA call errors) are the machine's.
@@ -332,38 +331,18 @@ class EventLoader(LoaderBase):
                     f"DALI ran out of memory (batch_size={self.batch_size}, prefetch_queue_depth="
                     f"{self.prefetch_queue_depth}); lower the batch size or the prefetch depth.\n{msg}"
                 ) from exc
-            if not is_dali_data_error(msg):
-                raise  # CUDA / driver / infrastructure failures are not the data's fault
-            raise self._data_error(msg) from exc
+            err = self._data_error(msg)
+            if err is None:
+                raise  # CUDA / driver / memory, or no file to blame: DALI's own error
+            raise err from exc
 
-    def _data_error(self, msg: str) -> UndecodableImageError:
-        root = getattr(self.source, "root", "")
-        paths = []
-        for pat in _PATH_PATTERNS:
-            m = pat.search(msg)
-            if m:
-                paths = [m.group(1).rstrip(".,;'\"")]
-                break
-        detail = dali_error_detail(msg)
-        if not paths and self.kind == "folder" and len(self._my_files()) <= _AUTO_CHECK_LIMIT:
-            # DALI did not say which file; on a small shard finding it is cheap, so do it now. decode_check
-            # decodes in isolated worker processes: this (training) process never re-runs the risky decode.
-            from .decode_check import decode_check
+    def _data_error(self, msg: str) -> UndecodableImageError | None:
+        """The project's error naming the file(s) behind a DALI error, found by decode_check's isolated
+        culprit search whatever DALI's message says; None: the error passes through as itself."""
+        from .decode_check import loader_error
 
-            try:
-                paths = [p for p, _ in decode_check(self._my_files(), num_threads=min(self.num_threads, 8),
-                                                    progress=False)]
-            except RuntimeError:  # the check itself could not run: keep the original error
-                paths = []
-        if paths:
-            where = f"image file{'s' if len(paths) > 1 else ''} {', '.join(paths[:10])}"
-        else:
-            where = f"an image in {root} (DALI did not name the file)"
-        return UndecodableImageError(
-            f"DALI could not read or decode {where}: {detail}\n"
-            f"Run `i2e-check {root}` to list every file the pipeline cannot decode, then remove or "
-            f"re-encode those files (e.g. re-save them as RGB JPEG)."
-        )
+        return loader_error(msg, self._my_files() if self.kind == "folder" else None,
+                            root=getattr(self.source, "root", ""), num_threads=min(self.num_threads, 8))
 
     def _my_files(self) -> list[str]:
         files = self.source.files

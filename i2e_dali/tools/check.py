@@ -3,8 +3,10 @@
 DALI cannot skip an undecodable image in the middle of a batch: one bad file stops training. This
 command walks ``ROOT/train`` and ``ROOT/val`` (or ROOT itself when it is a class-folder set), refuses
 what the loader would refuse without decoding (non-image files, zero-byte files, empty class
-folders), then decodes every image with DALI's CPU decoder — the same decoder family the pipeline
-uses — and names each file that fails. Decoding runs in isolated worker processes (one per core), so a
+folders) or declares more pixels than ``--max-pixels`` in its header (read without decoding; like PIL's
+decompression-bomb guard), then decodes every image with DALI's CPU decoder the ways the loader does —
+whole (evaluation view) and through the random-crop ROI decoder (training view), whose verdicts can
+differ — and names each file that fails. Decoding runs in isolated worker processes (one per core), so a
 file that crashes or hangs the decoder is named ("crashes the decoder", "decoder hang") instead of
 killing the check. Exit code 0 when everything is usable, 1 otherwise, 2 when ROOT is not a data set.
 
@@ -22,7 +24,8 @@ from pathlib import Path
 
 from ..fsio import atomic_write_text
 from ..placement import usable_cores
-from ..data.decode_check import DEFAULT_TIME_LIMIT, decode_check
+from ..data.decode_check import DEFAULT_TIME_LIMIT, decode_check, default_max_pixels
+from ..errors import ConfigError
 from ..data.sources import DatasetError, MissingDataError, scan_image_folder
 
 __all__ = ["CheckReport", "check_folder", "main"]
@@ -53,9 +56,12 @@ def _split_roots(root: Path) -> tuple[list[Path], list[str]]:
 
 
 def check_folder(root: str | os.PathLike, *, num_threads: int | None = None, batch_size: int = 32,
-                 progress: bool | None = None, time_limit: float = DEFAULT_TIME_LIMIT) -> CheckReport:
+                 progress: bool | None = None, time_limit: float = DEFAULT_TIME_LIMIT,
+                 max_pixels: int | None = None) -> CheckReport:
     """Check ``root`` (with train/ and val/, or one class-folder set); ``num_threads`` decoder processes
-    (default: every usable core), ``time_limit`` seconds per image before a decoder counts as hung."""
+    (default: every usable core), ``time_limit`` seconds per image before a decoder counts as hung,
+    ``max_pixels`` the declared-size limit (None: :func:`~i2e_dali.data.decode_check.default_max_pixels`,
+    0: none)."""
     root = Path(root).expanduser()
     report = CheckReport()
     report.roots, report.problems = _split_roots(root)
@@ -73,8 +79,9 @@ def check_folder(root: str | os.PathLike, *, num_threads: int | None = None, bat
     if len(classes_seen) == 2 and classes_seen.get("train") != classes_seen.get("val"):
         report.problems.append("train/ and val/ have different class folders; labels would not match")
     report.checked = len(files) + len(report.bad)
+    limit = default_max_pixels() if max_pixels is None else (max_pixels or None)
     report.bad += decode_check(files, num_threads=num_threads, batch_size=batch_size, progress=progress,
-                               time_limit=time_limit)
+                               time_limit=time_limit, max_pixels=limit)
     return report
 
 
@@ -108,6 +115,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=32, help="images decoded per DALI batch in a worker")
     parser.add_argument("--time-limit", type=float, default=DEFAULT_TIME_LIMIT,
                         help="seconds one image may take before its decoder is reported as hung")
+    parser.add_argument("--max-pixels", type=int, default=None,
+                        help="refuse images whose header declares more pixels than this, before decoding "
+                             "(default: $I2E_DALI_MAX_PIXELS, else 89478485 as PIL; 0: no limit)")
     parser.add_argument("--list", type=Path, default=None, help="write the bad paths to this file, one per line")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
@@ -115,10 +125,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--threads and --batch-size must be >= 1")
     if not args.time_limit > 0:
         parser.error("--time-limit must be > 0 seconds")
+    if args.max_pixels is not None and args.max_pixels < 0:
+        parser.error("--max-pixels must be >= 0 (0: no limit)")
     try:
         report = check_folder(args.root, num_threads=args.threads, batch_size=args.batch_size,
-                              progress=False if args.quiet else None, time_limit=args.time_limit)
-    except DatasetError as exc:
+                              progress=False if args.quiet else None, time_limit=args.time_limit,
+                              max_pixels=args.max_pixels)
+    except (DatasetError, ConfigError) as exc:
         print(f"i2e-check: {exc}", file=sys.stderr)
         return 2
     print(_summary(report))
