@@ -72,8 +72,8 @@ def flow(images: torch.Tensor) -> None:
 
 
 def motions() -> None:
-    fig, axes = plt.subplots(1, 8, figsize=(12, 1.9), dpi=110)
-    for g, ax in enumerate(axes):
+    fig, axes = plt.subplots(2, 4, figsize=(8, 4.6), dpi=110)
+    for g, ax in enumerate(axes.flat):
         ax.set_xlim(-0.5, 2.5)
         ax.set_ylim(2.5, -0.5)
         ax.set_aspect("equal")
@@ -88,8 +88,8 @@ def motions() -> None:
                                          color=colour, lw=width, zorder=3 if k == 0 else 2))
         ax.set_title(f"group {GROUP_LETTERS[g]} ({len(MOTION_GROUPS[g])})", fontsize=9)
         ax.axis("off")
-    fig.suptitle("The eight direction groups: arrow s -> e, black = canonical (evaluation), grey = the "
-                 "others drawn in training", fontsize=9, y=0.02)
+    fig.suptitle("The eight direction groups: arrow s -> e, black = canonical (evaluation),\ngrey = the "
+                 "others drawn in training", fontsize=9, y=0.03)
     fig.savefig(OUT / "motions.png", bbox_inches="tight")
     plt.close(fig)
 
