@@ -1,8 +1,12 @@
 """i2e-dali: I2E image-to-event conversion fed by NVIDIA DALI, and an SNN trainer.
 
+Front doors: ``make_loader(data, split, batch_size)`` for data (an EventLoader or FrameLoader yielding
+``Batch(events, labels)``), ``Conversion`` / ``I2E`` for the conversion anywhere (``I2ETransform`` in a
+torchvision pipeline, ``I2EEncoder`` in a spikingjelly network), ``i2e_dali.training`` for runs.
+
 The house (imports run down this list only; shared/DESIGN.md):
-- ``convert/``  THE conversion: spec -> torch path / Triton path -> api (``i2e_convert``, ``I2E``)
-- ``data/``     sources, DALI ``EventLoader`` and ``FrameLoader`` on one loader contract, decode checks
+- ``convert/``  THE conversion: spec -> torch path / Triton path -> api (``i2e_convert``, ``I2E``, ``Conversion``)
+- ``data/``     sources, DALI ``EventLoader`` and ``FrameLoader`` on one loader contract, ``make_loader``
 - ``models``    MS-ResNet on spikingjelly LIF neurons
 - ``training/`` config, runtime, data, engine, checkpoint; ``train_dali.py`` is its entry point
 - ``tools/``    the CLIs: check, export, viz, calibrate, bench
@@ -11,22 +15,28 @@ The house (imports run down this list only; shared/DESIGN.md):
 from __future__ import annotations
 
 import importlib
-import importlib.abc
-import importlib.util
-import sys
 
-from .convert import DEFAULT_ORDER, I2E, MOTION_GROUPS, draw_motions, event_rate, i2e_convert
+from .convert import DEFAULT_ORDER, I2E, MOTION_GROUPS, Conversion, draw_motions, event_rate, i2e_convert
 
-__all__ = ["I2E", "i2e_convert", "draw_motions", "event_rate", "MOTION_GROUPS", "DEFAULT_ORDER",
-           "EventLoader", "FrameLoader", "open_source", "I2EError"]
+__all__ = ["I2E", "Conversion", "i2e_convert", "draw_motions", "event_rate", "MOTION_GROUPS", "DEFAULT_ORDER",
+           "make_loader", "Batch", "DaliOptions", "EventLoader", "FrameLoader", "open_source", "I2EError",
+           "ConfigError", "I2ETransform", "I2EEncoder", "ToTonicEvents"]
 __version__ = "0.2.0"
 
-# Loaders and sources import DALI / torch.utils.data: resolved on first use, so `import i2e_dali` stays light.
+# Loaders, sources and the drop-ins import DALI / torch.utils.data / torchvision / spikingjelly: resolved on
+# first use, so `import i2e_dali` stays light.
 _LAZY = {
+    "make_loader": "i2e_dali.data.factory",
+    "Batch": "i2e_dali.data.base",
+    "DaliOptions": "i2e_dali.data.event_loader",
     "EventLoader": "i2e_dali.data.event_loader",
     "FrameLoader": "i2e_dali.data.frame_loader",
     "open_source": "i2e_dali.data.sources",
     "I2EError": "i2e_dali.errors",
+    "ConfigError": "i2e_dali.errors",
+    "I2ETransform": "i2e_dali.convert.dropin",
+    "I2EEncoder": "i2e_dali.convert.dropin",
+    "ToTonicEvents": "i2e_dali.convert.dropin",
 }
 
 
@@ -34,42 +44,3 @@ def __getattr__(name: str):
     if name in _LAZY:
         return getattr(importlib.import_module(_LAZY[name]), name)
     raise AttributeError(f"module 'i2e_dali' has no attribute {name!r}")
-
-
-# Module paths from before the package had its rooms (convert/, data/, training/, tools/). Users' scripts
-# import them (`from i2e_dali.loader import EventLoader`), so each old name resolves to the module that
-# now holds the code: the same module object, not a copy. `python -m i2e_dali.bench` has a real alias file.
-_MOVED = {
-    "i2e_dali.i2e": "i2e_dali.convert",
-    "i2e_dali.i2e_triton": "i2e_dali.convert.triton_path",
-    "i2e_dali.baseline": "i2e_dali.convert.conv_baseline",
-    "i2e_dali.datasets": "i2e_dali.data.sources",
-    "i2e_dali.loader": "i2e_dali.data.event_loader",
-    "i2e_dali.frame_loader": "i2e_dali.data.frame_loader",
-    "i2e_dali.npz": "i2e_dali.data.npz",
-    "i2e_dali.dvs": "i2e_dali.data.dvs",
-    "i2e_dali.demo": "i2e_dali.data.demo",
-    "i2e_dali.check": "i2e_dali.tools.check",
-    "i2e_dali.export": "i2e_dali.tools.export",
-    "i2e_dali.viz": "i2e_dali.tools.viz",
-    "i2e_dali.calibrate": "i2e_dali.tools.calibrate",
-    "i2e_dali.corpus": "i2e_dali.tools.bench.corpus",
-    "i2e_dali.train": "i2e_dali.training",
-}
-
-
-class _MovedModuleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname in _MOVED:
-            return importlib.util.spec_from_loader(fullname, self)
-        return None
-
-    def create_module(self, spec):
-        return importlib.import_module(_MOVED[spec.name])
-
-    def exec_module(self, module):  # already executed under its new name
-        pass
-
-
-if not any(isinstance(f, _MovedModuleFinder) for f in sys.meta_path):
-    sys.meta_path.append(_MovedModuleFinder())

@@ -12,7 +12,7 @@ import torch
 
 from pipelines import DEFAULT_SEED  # the one home of the default seed
 
-__all__ = ["DEFAULT_SEED", "resolve_device", "default_shard", "usable_cores", "cores_per_rank"]
+__all__ = ["DEFAULT_SEED", "resolve_device", "local_cuda_index", "default_shard", "usable_cores", "cores_per_rank"]
 
 
 def usable_cores() -> int:
@@ -30,21 +30,39 @@ def cores_per_rank() -> int:
     return max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
 
 
+def local_cuda_index() -> int:
+    """This process's own GPU: LOCAL_RANK (torchrun, SLURM launchers that set it) modulo the visible
+    devices; else, under an initialised process group, its rank modulo the visible devices; else the
+    current device. Read whenever a loader is built, so a loader built before ``torch.cuda.set_device``
+    still lands on the rank's GPU rather than every rank's GPU 0."""
+    count = torch.cuda.device_count()
+    local = os.environ.get("LOCAL_RANK")
+    if local is not None and local.strip().isdigit():
+        return int(local) % max(count, 1)
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank() % max(count, 1)
+    return torch.cuda.current_device()
+
+
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """"auto"/None -> the current CUDA device if torch sees one, else the CPU; "cuda" -> the current one."""
+    """"auto"/None -> this process's CUDA device if torch sees one (see :func:`local_cuda_index`), else the
+    CPU; "cuda" -> the same local device; "cuda:N" and "cpu" as given. A bad value is a ConfigError."""
+    from .errors import ConfigError
+
     if device is None or (isinstance(device, str) and device == "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         device = torch.device(device)
     except (RuntimeError, TypeError) as exc:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
+        raise ConfigError(f"device must be 'auto', 'cpu', 'cuda' or 'cuda:N', got {device!r}") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise ValueError(f"device {device} was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
+            raise ConfigError(f"device {device} was requested but torch sees no CUDA GPU; use 'cpu' or 'auto'")
         if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
+            device = torch.device("cuda", local_cuda_index())
     elif device.type != "cpu":
-        raise ValueError(f"device must be 'auto', 'cpu' or a CUDA device, got {device}")
+        raise ConfigError(f"device must be 'auto', 'cpu' or a CUDA device, got {device}")
     return device
 
 

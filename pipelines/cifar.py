@@ -1,6 +1,6 @@
 """DALI graph for CIFAR-10/100 held in memory (no torch; numpy only).
 
-The python batches are read by ``i2e_dali.datasets.CifarSource``; their uint8 HWC arrays enter DALI
+The python batches are read by ``i2e_dali.data.sources.CifarSource``; their uint8 HWC arrays enter DALI
 through ``fn.external_source`` fed by :class:`CifarFeed`, which owns the epoch order (a fresh seeded
 permutation per epoch when training), the sharding and the last-batch rule. The feed is a pure
 function of DALI's ``BatchInfo`` (epoch, iteration), so a pipeline restored from a DALI checkpoint

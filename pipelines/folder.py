@@ -1,7 +1,7 @@
 """DALI graphs for ImageNet-style folders (``root/<class>/<image>``): read, shard, decode, augment.
 
 No torch here: the graphs hand uint8 ``[B, 3, H, W]`` (CHW) images and int32 sample ids ``[B, 1]``
-to whoever runs them (``i2e_dali.loader.EventLoader``). The same graph serves GPU and CPU: with a
+to whoever runs them (``i2e_dali.data.event_loader.EventLoader``). The same graph serves GPU and CPU: with a
 ``device_id`` the decoder runs as "mixed" (nvJPEG, with the hardware JPEG decoder where the GPU has
 one) and every later operator on the GPU; with ``device_id=None`` everything runs on the CPU.
 
@@ -25,7 +25,7 @@ from nvidia.dali import fn, pipeline_def, types
 
 from . import DEFAULT_SEED, interp_type, pipeline_options
 
-__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "TRAIN_VIEWS", "READER_NAME", "build_folder_pipeline"]
+__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "TRAIN_VIEWS", "READER_NAME", "build_folder_pipeline", "decode_views"]
 
 READER_NAME = "Reader"
 EVAL_VIEWS = ("crop", "resize")
@@ -101,7 +101,6 @@ class FolderPipelineConfig:
 @pipeline_def
 def _folder_graph(files: Sequence[str] | None, sample_ids: Sequence[int] | None, cfg: FolderPipelineConfig,
                   file_list: str | None = None, file_root: str | None = None):
-    gpu = cfg.device_id is not None and not cfg.cpu_ops  # GPU decode + GPU operators
     shuffle = cfg.train if cfg.shuffle is None else cfg.shuffle
     # A file list on disk ("path id" lines, written by the loader per epoch and rank) keeps a million
     # paths out of Python lists; ``files``/``sample_ids`` remain for small, explicit lists.
@@ -120,6 +119,14 @@ def _folder_graph(files: Sequence[str] | None, sample_ids: Sequence[int] | None,
         dont_use_mmap=cfg.dont_use_mmap,
         name=READER_NAME,
     )
+    return decode_views(encoded, ids, cfg)
+
+
+def decode_views(encoded, ids, cfg: FolderPipelineConfig):
+    """The decode + view part of the graph (every train/eval view above), shared by every reader of
+    encoded images (files here, tar shards in ``pipelines.shards``): ``(images uint8 [B,3,S,S], ids)``,
+    both moved to the GPU when ``cfg.device_id`` is set."""
+    gpu = cfg.device_id is not None and not cfg.cpu_ops  # GPU decode + GPU operators
     decoder_kw = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
     if gpu:
         decoder_kw.update(

@@ -1,6 +1,6 @@
 """CIFAR10-DVS: AEDAT parsing, framing, split, cache, corrupt recordings, loaders.
 
-The references here are written independently of i2e_dali.dvs: recordings are written and read back with
+The references here are written independently of i2e_dali.data.dvs: recordings are written and read back with
 plain ``struct`` loops, frames are counted event by event in Python.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 ``conv_baseline`` is the conv-based way of computing I2E, kept only as the benchmarks' speed baseline.
 Never imports DALI.
 """
-from .api import I2E, event_rate, i2e_convert
+from .api import I2E, OUTPUTS, Conversion, event_rate, i2e_convert
 from .spec import (
     DEFAULT_ORDER,
     GROUP_LETTERS,
@@ -20,6 +20,8 @@ from .spec import (
 
 __all__ = [
     "I2E",
+    "Conversion",
+    "OUTPUTS",
     "i2e_convert",
     "event_rate",
     "draw_motions",

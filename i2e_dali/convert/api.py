@@ -6,10 +6,14 @@ the torch path (``torch_path``); both consume the same motion draws and give ide
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Sequence
 
 import torch
 from torch import nn
+
+from ..errors import ConfigError
 
 from .spec import (
     GROUP_LETTERS,
@@ -24,7 +28,7 @@ from .spec import (
 )
 from .torch_path import convert_torch
 
-__all__ = ["i2e_convert", "event_rate", "I2E"]
+__all__ = ["i2e_convert", "event_rate", "I2E", "Conversion", "OUTPUTS"]
 
 
 def _fused_available(images: torch.Tensor, impl: str) -> bool:
@@ -175,3 +179,74 @@ class I2E(nn.Module):
         order = "".join(GROUP_LETTERS[g] for g in self.order)
         thr = f"fixed threshold={self.threshold_value}, " if self.threshold == "fixed" else ""
         return f"{thr}ratio={self.ratio}, timesteps={self.timesteps}, order={order!r}, per_sample={self.per_sample}, dtype={self.dtype}"
+
+
+# What a loader hands out: events (I2E), the static baselines "rgb" / "v" repeated T times, or the
+# decoded, augmented uint8 images themselves ("images": no conversion; calibration converts them itself).
+OUTPUTS = ("events", "rgb", "v", "images")
+
+
+@dataclass(frozen=True)
+class Conversion:
+    """The conversion a loader applies, as one value (instead of its ten parameters beside DALI's knobs).
+
+    ``ratio=None`` takes the data set's default (0.12 ImageNet, 0.07 CIFAR, ...). ``random_motion``:
+    training draws random motions within each group (the paper's default); False trains on the canonical
+    ones (Table 4 "baseline-I"). Evaluation always uses the canonical motions. Build it from an ``I2E``
+    module with :meth:`coerce` (a loader does that for you: ``conversion=I2E(ratio=0.1)`` works).
+    """
+
+    ratio: float | None = None
+    timesteps: int = 8
+    order: tuple[int, ...] | str | None = None
+    per_sample: bool = True
+    dtype: torch.dtype = torch.float32
+    impl: str = "auto"
+    threshold: str = "adaptive"
+    threshold_value: float | None = None
+    random_motion: bool = True
+    output: str = "events"
+
+    def __post_init__(self):
+        try:
+            check_threshold(self.threshold, self.threshold_value)
+            if self.ratio is not None:
+                object.__setattr__(self, "ratio", check_ratio(self.ratio))
+            check_timesteps(self.timesteps)
+            object.__setattr__(self, "order", parse_order(self.order, self.timesteps))
+            check_dtype(self.dtype)
+        except ConfigError:
+            raise
+        except ValueError as exc:
+            raise ConfigError(f"conversion: {exc}") from None
+        if self.impl not in ("auto", "torch", "triton"):
+            raise ConfigError(f"conversion: impl must be 'auto', 'torch' or 'triton', got {self.impl!r}")
+        if self.output not in OUTPUTS:
+            raise ConfigError(f"conversion: output must be one of {OUTPUTS}, got {self.output!r}")
+        object.__setattr__(self, "per_sample", bool(self.per_sample))
+        object.__setattr__(self, "random_motion", bool(self.random_motion))
+
+    @classmethod
+    def coerce(cls, value, *, name: str = "conversion") -> "Conversion":
+        """A ``Conversion`` from None (the defaults), a ``Conversion`` or an ``I2E`` module (its settings;
+        its train/eval mode is not used: the loader's split decides); anything else is a ConfigError."""
+        if value is None:
+            return cls()
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, I2E):
+            return cls(ratio=value.ratio, timesteps=value.timesteps, order=value.order, per_sample=value.per_sample,
+                       dtype=value.dtype, impl=value.impl, threshold=value.threshold,
+                       threshold_value=value.threshold_value)
+        raise ConfigError(f"{name} must be an i2e_dali.Conversion or an i2e_dali.I2E module (or None for the "
+                          f"defaults), got {type(value).__name__}")
+
+    def replace(self, **changes) -> "Conversion":
+        """A copy with ``changes`` (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    def module(self, default_ratio: float = 0.12) -> "I2E":
+        """The ``I2E`` module computing this conversion (``ratio=None`` -> ``default_ratio``)."""
+        return I2E(ratio=default_ratio if self.ratio is None else self.ratio, timesteps=self.timesteps,
+                   order=self.order, per_sample=self.per_sample, dtype=self.dtype, impl=self.impl,
+                   threshold=self.threshold, threshold_value=self.threshold_value)

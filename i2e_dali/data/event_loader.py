@@ -4,6 +4,8 @@
     for events, labels in loader:          # events [T, B, 2, H, W], labels [B] int64, on the device
         ...
 
+(``i2e_dali.make_loader("/imagenet", "train", 128)`` builds the same with the data set's defaults.)
+
 Stream contract (GPU): DALI's PyTorch iterator hands its GPU outputs to torch on
 ``torch.cuda.current_stream()`` at ``next()`` — with DALI's dynamic executor as DLPack views whose
 readiness is waited for on that stream, with the older executor as a copy queued on it. The
@@ -14,39 +16,51 @@ loop asked for the batch. Consume them on that stream (the normal case), or make
 ``wait_stream`` on it first. ``with torch.cuda.stream(s): for ev, lab in loader:`` works: the
 hand-off then happens on ``s``.
 
-Epochs: one pass over the loader is one epoch; training reshuffles every epoch (a fresh global
-permutation shared by all shards) and drops the last partial batch (all ranks yield ``len()``
-batches); evaluation keeps the last batch, trimmed, so every sample of the data set is yielded
-exactly once across all ranks. Breaking out of a pass and iterating again continues the same epoch
-(DALI cannot rewind); ``reset()`` abandons the rest of the epoch. ``state_dict()`` /
-``load_state_dict()`` use DALI's checkpointing (reader position, random crops and flips) plus the
-conversion's generator, so a restored loader yields exactly the batches the saved one would have.
+Epochs (data/base.py, like torch's DataLoader): every ``iter()`` starts a new epoch; the first ``iter()``
+after ``load_state_dict()`` continues the saved position. Each training epoch is its own DALI pipeline,
+built from (seed, epoch): the loader draws the epoch's global permutation (numpy, seeded by seed and
+epoch, the same on every rank), takes this rank's slice and hands DALI that list (a ``file_list`` text
+file for folders, the external-source feed for in-memory sets); DALI's own shuffling is off and its random
+crops/flips, like the motion draws, are seeded from (seed, epoch, rank). So an epoch depends only on the
+seed and its number, never on how far earlier epochs were read, and abandoning an epoch drops its
+pipeline instead of reading it to the end. Training drops the last partial batch (all ranks yield
+``len()`` batches); evaluation reads this rank's contiguous range, keeps the last batch trimmed, so every
+sample is yielded exactly once across ranks. ``state_dict()`` / ``load_state_dict()`` use DALI's
+checkpointing of the current epoch's pipeline (reader position, random crops and flips) plus the
+epoch number and the conversion's generator: a restored loader yields exactly the batches the saved one
+would have.
 """
 from __future__ import annotations
 
 import math
-import re
-from typing import Iterator, Sequence
+import shutil
+import tempfile
+import weakref
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
 
-from .base import LoaderBase
+from .base import LoaderBase, batch_type
+from .dali_errors import PATH_PATTERNS as _PATH_PATTERNS, is_dali_data_error
 from .sources import CifarSource, ImageFolderSource, UndecodableImageError, dali_error_detail
 from pipelines import shard_bounds
 
-from ..convert import i2e_convert, parse_order
-from ..convert.spec import check_threshold
+from ..convert import Conversion, i2e_convert
 from ..convert.static import static_frames
+from ..errors import ConfigError
 from ..placement import DEFAULT_SEED, cores_per_rank, default_shard, resolve_device
 
-__all__ = ["EventLoader", "is_dali_data_error"]
+__all__ = ["EventLoader", "DaliOptions", "is_dali_data_error", "register_pipeline_builder"]
 
-_STATE_VERSION = 1
+_STATE_VERSION = 2  # 2: one pipeline per epoch (version 1 states continued DALI's own epoch counter)
 # No batch is imported while the iterator is built (DALI's default prepare_first_batch=True would run
 # the first hand-off at construction, on whatever stream is current then): every hand-off happens at
 # next(), on the stream current at that call, as the stream contract above says.
 _ITERATOR_OPTIONS = {"prepare_first_batch": False}
+
+
 
 
 def _default_threads(gpu: bool) -> int:
@@ -55,76 +69,127 @@ def _default_threads(gpu: bool) -> int:
     return min(per_rank, 8) if gpu else per_rank
 
 
-# DALI names the failing sample's source in some errors ("Failed to decode sample #3 : /x/y.JPEG",
-# "File mapping failed: /x/y.JPEG"), not in all (e.g. "nvImageCodec failure: '#4'").
-_PATH_PATTERNS = (
-    re.compile(r"sample #\d+\s*:\s*(\S+)"),
-    re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
-)
-# Phrases of errors about the data itself. nvImageCodec reports statuses by number (nvimgcodec.h):
-# 3/13 bad code stream, 4/14 code stream unsupported, 19 incomplete bit stream are the file's fault;
-# the others (allocator, execution, arch mismatch, internal, CUDA call errors) are the machine's.
-_DALI_DATA_PHRASES = ("failed to decode sample", "premature end", "invalid marker", "not a jpeg",
-                      "file mapping failed", "failed to open file", "could not open file",
-                      "nvjpeg_status_bad_jpeg", "nvjpeg_status_jpeg_not_supported")
-_NVIMGCODEC_DATA_STATUS = {3, 4, 13, 14, 19}
-_NVIMGCODEC_STATUS = re.compile(r"nvimagecodec failure: '#(\d+)'")
-# CUDA / driver / nvJPEG infrastructure failures: never a bad image, even when the decoder reports them.
-_INFRA_PHRASES = ("cuda", "driver", "out of memory", "illegal memory", "illegal address", "launch failure",
-                  "nvjpeg_status_execution_failed", "nvjpeg_status_internal_error",
-                  "nvjpeg_status_allocator_failure", "nvjpeg_status_arch_mismatch", "ecc error")
+@dataclass(frozen=True)
+class DaliOptions:
+    """DALI's knobs, grouped: none of them changes what a batch holds, only how fast it comes.
+
+    decode: "auto" (GPU when the loader's device is CUDA), "gpu" ("mixed" decoder + GPU ops) or "cpu".
+    num_threads: DALI CPU threads (None: this rank's share of the cores; at most 8 with GPU decode).
+    prefetch_queue_depth, hw_decoder_load: see pipelines/folder.py.
+    extra: further fields of ``FolderPipelineConfig`` / ``CifarPipelineConfig`` (e.g.
+        ``{"preallocate_width_hint": 0, "dont_use_mmap": True}``).
+    """
+
+    decode: str = "auto"
+    num_threads: int | None = None
+    prefetch_queue_depth: int = 2
+    hw_decoder_load: float = 0.65
+    extra: Mapping = field(default_factory=dict)
+
+    def __post_init__(self):
+        if self.decode not in ("auto", "gpu", "cpu"):
+            raise ConfigError(f"dali.decode must be 'auto', 'gpu' or 'cpu', got {self.decode!r}")
+        for name in ("num_threads", "prefetch_queue_depth"):
+            v = getattr(self, name)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+                raise ConfigError(f"dali.{name} must be a positive int, got {v!r}")
+        if not isinstance(self.extra, Mapping):
+            raise ConfigError(f"dali.extra must be a dict of pipeline options, got {type(self.extra).__name__}")
 
 
-def is_dali_data_error(message: str) -> bool:
-    """True when a DALI error is about a sample (unreadable or undecodable file), False when it is a
-    CUDA, driver or decoder-infrastructure failure (those pass through unchanged: a culprit search over
-    the data set would only hide them). Only the part after DALI's "encountered:" is read, with the
-    sample paths removed, so an operator traceback or a folder named "cuda" cannot misclassify it."""
-    text = str(message)
-    low = text.lower()
-    detail = low.split("encountered:", 1)[1] if "encountered:" in low else low
-    for pat in _PATH_PATTERNS:
-        detail = pat.sub(" ", detail)
-    if any(k in detail for k in _INFRA_PHRASES):
-        return False
-    codes = {int(c) for c in _NVIMGCODEC_STATUS.findall(detail)}
-    if codes:
-        return codes <= _NVIMGCODEC_DATA_STATUS
-    return any(k in low for k in _DALI_DATA_PHRASES)
+def _epoch_seed(seed: int, epoch: int, shard: int, stream: int) -> int:
+    """A seed for one random stream (0: DALI's ops, 1: the motion draws) of one epoch on one rank."""
+    return int(np.random.SeedSequence([seed, epoch, shard, stream]).generate_state(1)[0] & 0x7FFF_FFFF)
+
+
+# ------------------------------------------------------------------------------------------------------
+# One pipeline builder per source kind: ``builder(loader, epoch, dali_seed, checkpoint) -> (pipe,
+# iterator keyword arguments)``; the pipeline yields ("images" uint8 [B, 3, H, W], "ids" sample indices).
+# ------------------------------------------------------------------------------------------------------
+_BUILDERS: dict[str, Callable] = {}
+
+
+def register_pipeline_builder(kind: str, builder: Callable) -> None:
+    """Serve sources whose ``kind`` is ``kind`` with ``builder`` (see above)."""
+    _BUILDERS[kind] = builder
+
+
+def _folder_pipeline(loader: "EventLoader", epoch: int, seed: int, checkpoint: str | None):
+    from nvidia.dali.plugin.pytorch import LastBatchPolicy
+    from pipelines.folder import READER_NAME, FolderPipelineConfig, build_folder_pipeline
+
+    path, root = loader._write_file_list(epoch)
+    cfg = FolderPipelineConfig(
+        train=loader.train, batch_size=loader.batch_size, crop_size=loader.crop_size,
+        resize_size=loader.resize_size, eval_view=loader.eval_view, device_id=loader._device_id(),
+        num_threads=loader.num_threads, seed=seed, shuffle=False,  # the list is this epoch's order
+        prefetch_queue_depth=loader.dali.prefetch_queue_depth, hw_decoder_load=loader.dali.hw_decoder_load,
+        cpu_ops=loader.decode == "cpu", train_view="resize" if loader.aug == "baseline1" else "random-resized-crop",
+    )
+    loader._apply_options(cfg)
+    pipe = build_folder_pipeline(None, None, cfg, checkpoint, file_list=path, file_root=root)
+    policy = LastBatchPolicy.DROP if loader.train else LastBatchPolicy.PARTIAL
+    return pipe, {"reader_name": READER_NAME, "last_batch_policy": policy}
+
+
+def _cifar_pipeline(loader: "EventLoader", epoch: int, seed: int, checkpoint: str | None):
+    from pipelines.cifar import CifarFeed, CifarPipelineConfig, build_cifar_pipeline
+
+    feed = CifarFeed(loader.source.images, loader.batch_size, train=loader.train, shard_id=loader.shard_id,
+                     num_shards=loader.num_shards, seed=loader.seed, epoch=epoch)
+    cfg = CifarPipelineConfig(
+        train=loader.train, batch_size=loader.batch_size, out_size=loader.out_size, device_id=loader._device_id(),
+        num_threads=loader.num_threads, seed=seed, prefetch_queue_depth=loader.dali.prefetch_queue_depth,
+        cpu_ops=loader.decode == "cpu", **({"pad": 0} if loader.aug == "baseline1" else {}),  # Baseline-I
+    )
+    loader._apply_options(cfg)
+    # No reader: the feed ends the epoch with StopIteration and sizes the last batch itself.
+    return build_cifar_pipeline(feed, cfg, checkpoint), {}
+
+
+register_pipeline_builder("folder", _folder_pipeline)
+register_pipeline_builder("cifar", _cifar_pipeline)  # CIFAR batches and MNIST's IDX files (in-memory uint8)
+
+
+def _write_file_list(source, path: str, indices: np.ndarray) -> str | None:
+    """Write DALI's file list ("path sample-index" lines) for ``indices``; returns its ``file_root``."""
+    own = getattr(source, "write_file_list", None)
+    if own is not None:  # compact sources write relative to their root (which may be an s3:// URL)
+        own(path, indices)
+        return str(source.root)
+    samples = source.samples
+    with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+        f.writelines(f"{samples[i][0]} {i}\n" for i in indices.tolist())
+    return None  # absolute paths
 
 
 class EventLoader(LoaderBase):
-    """Iterate ``(events [T,B,2,H,W], labels [B] int64)`` (plus ``indices [B]`` with ``with_index``).
+    """Iterate ``Batch(events [T,B,2,H,W], labels [B] int64)`` (see ``with_index`` / ``mix``).
 
     Args:
-        source: ``ImageFolderSource`` / ``CifarSource`` (or what ``open_source`` returns).
+        source: a source of kind "folder" or "cifar" (what ``open_source`` returns), or one whose kind
+            has a registered pipeline builder.
         batch_size: images per batch on this rank.
         train: training views + random motions, shuffled, last partial batch dropped; else the
             evaluation view, file order, every sample exactly once across ranks.
-        ratio: threshold ratio; None = the source's default (0.12 ImageNet, 0.07 CIFAR).
-        timesteps, order, per_sample, dtype, impl: passed to ``i2e_convert``.
-        device: "auto" (CUDA if available), "cpu", "cuda[:i]": where events and labels live.
-        decode: "auto" (GPU when ``device`` is CUDA), "gpu" ("mixed" decoder + GPU ops) or "cpu".
+        conversion: a ``Conversion`` or an ``I2E`` module (None: the defaults; ``ratio=None`` takes the
+            source's default, 0.12 ImageNet, 0.07 CIFAR). ``output="images"`` yields the decoded,
+            augmented uint8 images ``[B, 3, H, W]`` instead of events.
+        dali: ``DaliOptions`` (decode, threads, prefetch, hardware decoder share, pipeline fields).
+        device: "auto" (this process's CUDA device if any: LOCAL_RANK under torchrun), "cpu", "cuda[:i]".
         shard_id, num_shards: this rank's shard; default (rank, world) under torch.distributed.
-        seed: reader permutation, DALI's random crops/flips (per shard) and the motion draws.
-        num_threads: DALI CPU threads (default: this rank's share of the cores; at most 8 with GPU decode).
+        seed: the epochs' permutations, DALI's random crops/flips and the motion draws.
         with_index: also yield int64 indices into ``source.samples`` (which file each map came from).
+        mix: training only: ``mix(images [B,3,H,W] uint8, labels) -> (images, soft_targets | None)``
+            applied to the augmented images BEFORE conversion, on the same stream.
+        aug: training view, "baseline2" (the paper's default: random-resized-crop, CIFAR pad-4 crop +
+            resize) or "baseline1" (the paper's Baseline-I: the fixed resize view + flip).
         eval_view: folder evaluation view, "crop" (resize 256 + centre crop 224) or "resize"
             (straight to crop_size x crop_size, the authors' train-set export view).
         crop_size, resize_size: folder view sizes (default 224 / 256); out_size: CIFAR (default 128).
-        prefetch_queue_depth, hw_decoder_load: DALI throughput knobs (see pipelines/folder.py).
-        convert: False yields the decoded, augmented uint8 images ``[B, 3, H, W]`` in place of events
-            (calibration converts one sample many times); the stream contract is the same.
-        pipeline_options: further fields of ``FolderPipelineConfig`` / ``CifarPipelineConfig``
-            (e.g. ``{"preallocate_width_hint": 0, "dont_use_mmap": True}``).
-        aug: training view, "baseline2" (the paper's default: random-resized-crop, CIFAR pad-4 crop +
-            resize) or "baseline1" (the paper's Baseline-I: the fixed resize view + flip).
-        random_motion: False trains on the canonical motions (the paper's Table 4 "baseline-I").
-        threshold, threshold_value: "adaptive" (ratio x range) or "fixed" with an absolute value.
-        output: "events" (I2E), or the static "rgb" image / its "v" map repeated T times ([T,B,3|1,H,W]).
-        mix: training only: ``mix(images [B,3,H,W] uint8, labels) -> (images, soft_targets | None)``
-            applied to the augmented images BEFORE conversion, on the same stream; the loader then
-            yields ``(events, labels, soft_targets)`` (labels stay the true ones).
+
+    Yields ``Batch(events, labels)``; ``IndexedBatch(events, labels, indices)`` with ``with_index``;
+    ``MixedBatch(events, labels, soft_targets)`` with ``mix`` (``MixedIndexedBatch`` with both).
     """
 
     def __init__(
@@ -133,85 +198,66 @@ class EventLoader(LoaderBase):
         batch_size: int,
         *,
         train: bool,
-        ratio: float | None = None,
-        timesteps: int = 8,
-        order: Sequence[int] | str | None = None,
-        per_sample: bool = True,
-        dtype: torch.dtype = torch.float32,
+        conversion: Conversion | None = None,
+        dali: DaliOptions | None = None,
         device: str | torch.device = "auto",
         shard_id: int | None = None,
         num_shards: int | None = None,
         seed: int = DEFAULT_SEED,
-        num_threads: int | None = None,
         with_index: bool = False,
+        mix=None,
+        aug: str = "baseline2",
         eval_view: str = "crop",
         crop_size: int | None = None,
         resize_size: int | None = None,
         out_size: int | None = None,
-        decode: str = "auto",
-        prefetch_queue_depth: int = 2,
-        hw_decoder_load: float = 0.65,
-        impl: str = "auto",
-        pipeline_options: dict | None = None,
-        convert: bool = True,
-        aug: str = "baseline2",
-        random_motion: bool = True,
-        threshold: str = "adaptive",
-        threshold_value: float | None = None,
-        output: str = "events",
-        mix=None,
     ):
         if aug not in ("baseline1", "baseline2"):
-            raise ValueError(f"aug must be 'baseline1' or 'baseline2', got {aug!r}")
-        if output not in ("events", "rgb", "v"):
-            raise ValueError(f"output must be 'events', 'rgb' or 'v', got {output!r}")
-        self.aug, self.random_motion, self.output = aug, bool(random_motion), output
-        self.threshold, self.threshold_value = threshold, threshold_value
-        check_threshold(threshold, threshold_value)  # fail before DALI starts
-        self.mix = mix if train else None
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-        # folder sources go through the folder graph; in-memory uint8 arrays (kind "cifar": CIFAR, MNIST's
-        # IDX files) through the CIFAR graph
-        if not isinstance(source, (ImageFolderSource, CifarSource)) and getattr(source, "kind", None) != "cifar":
-            raise TypeError(
-                f"source must be an ImageFolderSource or CifarSource (see i2e_dali.datasets.open_source), "
-                f"got {type(source).__name__}"
-            )
+            raise ConfigError(f"aug must be 'baseline1' or 'baseline2', got {aug!r}")
         if eval_view not in ("crop", "resize"):
-            raise ValueError(f"eval_view must be 'crop' or 'resize', got {eval_view!r}")
-        self.source = source
+            raise ConfigError(f"eval_view must be 'crop' or 'resize', got {eval_view!r}")
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+            raise ConfigError(f"seed must be an int, got {seed!r}")
+        kind = getattr(source, "kind", None)
+        if kind not in _BUILDERS:
+            raise ConfigError(
+                f"source must be an ImageFolderSource or CifarSource (see i2e_dali.data.sources.open_source) "
+                f"or a source kind in {sorted(_BUILDERS)}, got {type(source).__name__}"
+            )
+        if mix is not None and not callable(mix):
+            raise ConfigError(f"mix must be a callable mix(images, labels) -> (images, soft), got {type(mix).__name__}")
+        if dali is None:
+            dali = DaliOptions()
+        elif not isinstance(dali, DaliOptions):
+            raise ConfigError(f"dali must be an i2e_dali.DaliOptions, got {type(dali).__name__}")
+        self.conversion = Conversion.coerce(conversion)
+        self.dali = dali
+        self.aug, self.eval_view = aug, eval_view
+        self.source, self.kind = source, kind
         self.batch_size = batch_size
         self.train = bool(train)
-        self.ratio = float(source.default_ratio if ratio is None else ratio)
-        self.timesteps = timesteps
-        self.order = parse_order(order, timesteps)  # validates early, before DALI starts
-        self.per_sample = per_sample
-        self.dtype = dtype
-        self.impl = impl
+        self.mix = mix if self.train else None
         self.with_index = bool(with_index)
-        self.convert = bool(convert)
-        self.eval_view = eval_view
+        self.batch_type = batch_type(self.with_index, self.mix is not None)
         self.seed = int(seed)
+        conv = self.conversion
+        self.ratio = float(source.default_ratio if conv.ratio is None else conv.ratio)
+        self.timesteps, self.order, self.dtype = conv.timesteps, conv.order, conv.dtype
         self.device = resolve_device(device)
+        decode = dali.decode
         if decode == "auto":
             decode = "gpu" if self.device.type == "cuda" else "cpu"
-        if decode not in ("gpu", "cpu"):
-            raise ValueError(f"decode must be 'auto', 'gpu' or 'cpu', got {decode!r}")
         if decode == "gpu" and self.device.type != "cuda":
-            raise ValueError("decode='gpu' needs a CUDA device; pass device='cuda' or decode='cpu'")
+            raise ConfigError("dali.decode='gpu' needs a CUDA device; pass device='cuda' or decode='cpu'")
         self.decode = decode
         self.shard_id, self.num_shards = default_shard(shard_id, num_shards)
-        self.num_threads = int(num_threads) if num_threads is not None else _default_threads(decode == "gpu")
-        self.prefetch_queue_depth = int(prefetch_queue_depth)
-        self.hw_decoder_load = float(hw_decoder_load)
-        self.pipeline_options = dict(pipeline_options or {})
+        self.num_threads = dali.num_threads if dali.num_threads is not None else _default_threads(decode == "gpu")
 
         self.class_names: list[str] = list(source.classes)
         self.num_classes = len(self.class_names)
-        self.total_samples = len(source.samples)
-        self.kind = source.kind
-        if self.kind == "folder":
+        if kind == "folder":
             self.crop_size = int(crop_size or source.default_crop_size)
             self.resize_size = int(resize_size or source.default_resize_size)
             self.image_size = (self.crop_size, self.crop_size)
@@ -219,102 +265,84 @@ class EventLoader(LoaderBase):
             self.out_size = int(out_size or source.default_out_size)
             self.image_size = (self.out_size, self.out_size)
 
-        # Which samples this rank reads, in the order handed to DALI.
-        n, s = self.total_samples, self.num_shards
+        labels = getattr(source, "label_array", None)
+        if labels is None:
+            labels = np.fromiter((lab for _, lab in source.samples), dtype=np.int64, count=len(source.samples))
+        self.total_samples = n = len(labels)
+        self._labels = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)
+        s = self.num_shards
         if self.train:
-            shard = n // s  # equal shards (DALI's per-epoch shuffle needs them); <= s-1 samples left out
+            shard = n // s  # equal shards; <= s-1 samples of each epoch's permutation left out
             self._batches_per_epoch = shard // batch_size
             if self._batches_per_epoch == 0:
-                raise ValueError(
+                raise ConfigError(
                     f"batch_size {batch_size} is larger than this rank's share of the training set "
                     f"({shard} of {n} images over {s} shard(s)); lower the batch size"
                 )
             self.num_samples = self._batches_per_epoch * batch_size
         else:
-            lo, hi = shard_bounds(n, self.shard_id, s)
-            self._eval_range = (lo, hi)
-            self.num_samples = hi - lo
+            self._eval_range = shard_bounds(n, self.shard_id, s)
+            self.num_samples = self._eval_range[1] - self._eval_range[0]
             self._batches_per_epoch = math.ceil(self.num_samples / batch_size)
 
-        self._labels = torch.as_tensor([lab for _, lab in source.samples], dtype=torch.int64, device=self.device)
-        self._generator = None
-        if self.train:
-            self._generator = torch.Generator(device=self.device)
-            self._generator.manual_seed(self.seed * 1000 + self.shard_id)
-        self.epoch = 0
-        self._consumed = 0  # batches of the current epoch handed out
+        self._generator = torch.Generator(device=self.device) if self.train else None
         self._iterator = None
-        self._pipe = None
-        if self._batches_per_epoch > 0:
-            self._build(checkpoint=None)
+        self._fresh = False  # the pipeline has not handed out a batch of its epoch yet
+        self._pipe_epoch = -1
+        self._pass = 0  # id of the current pass: an older pass's generator stops instead of reading on
+        self._tmp: str | None = None
+        # Built now, so a bad file list or option fails here, and DALI starts prefetching epoch 0.
+        self._open(0, None)
 
     # ----------------------------------------------------------------------------------------------
-    # building the DALI side
+    # the DALI side: one pipeline per epoch
     # ----------------------------------------------------------------------------------------------
     def _device_id(self) -> int | None:
         # A CUDA consumer always gets a GPU pipeline; decode="cpu" keeps its operators on the CPU
         # (cpu_ops) and DALI moves the finished batch with .gpu(), overlapping the copy with training.
         return self.device.index if self.device.type == "cuda" else None
 
-    def _build(self, checkpoint: str | None) -> None:
-        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
+    def _epoch_indices(self, epoch: int) -> np.ndarray:
+        """The samples this rank reads in ``epoch``, in order."""
+        if not self.train:
+            return np.arange(*self._eval_range, dtype=np.int64)
+        # One global permutation per epoch, the same on every rank; rank r takes the r-th equal slice.
+        perm = np.random.default_rng([self.seed, epoch]).permutation(self.total_samples)
+        start = self.shard_id * (self.total_samples // self.num_shards)
+        return perm[start:start + self.num_samples]
 
+    def _write_file_list(self, epoch: int) -> tuple[str, str | None]:
+        if self._tmp is None:  # private, removed with the loader
+            self._tmp = tempfile.mkdtemp(prefix="i2e-filelist-")
+            weakref.finalize(self, shutil.rmtree, self._tmp, True)
+        path = f"{self._tmp}/epoch.txt"  # DALI reads it while the pipeline is built; one file suffices
+        return path, _write_file_list(self.source, path, self._epoch_indices(epoch))
+
+    def _open(self, epoch: int, checkpoint: str | None) -> None:
+        """Build ``epoch``'s pipeline (restored from ``checkpoint`` when given) and seed its motion draws."""
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator
+
+        self._close()
+        if self._batches_per_epoch == 0:  # an empty evaluation shard (more ranks than samples)
+            return
+        seed = _epoch_seed(self.seed, epoch if self.train else 0, self.shard_id, 0)
+        pipe, kw = _BUILDERS[self.kind](self, epoch, seed, checkpoint)
+        self._iterator = self._dali_call(lambda: DALIGenericIterator(
+            pipe, ["images", "ids"], auto_reset=False, **_ITERATOR_OPTIONS, **kw))
+        if self._generator is not None:
+            self._generator.manual_seed(_epoch_seed(self.seed, epoch, self.shard_id, 1))
+        self._pipe_epoch, self._fresh = epoch, True
+
+    def _close(self) -> None:
+        # Dropping the iterator releases the pipeline: the rest of its epoch is never read.
         self._iterator = None
-        self._pipe = None
-        if self.kind == "folder":
-            from pipelines.folder import READER_NAME, FolderPipelineConfig, build_folder_pipeline
-
-            files = self.source.files
-            if self.train:
-                # Seeded base order (DALI's per-epoch shuffle is seeded by the epoch only), trimmed
-                # to equal shards; DALI shards this list.
-                order = np.random.default_rng(self.seed).permutation(self.total_samples)
-                order = order[: (self.total_samples // self.num_shards) * self.num_shards]
-                shard_id, num_shards = self.shard_id, self.num_shards
-            else:
-                # Each rank reads exactly its own contiguous range; no padding reaches the user.
-                order = np.arange(*self._eval_range)
-                shard_id, num_shards = 0, 1
-            cfg = FolderPipelineConfig(
-                train=self.train, batch_size=self.batch_size, crop_size=self.crop_size,
-                resize_size=self.resize_size, eval_view=self.eval_view, device_id=self._device_id(),
-                num_threads=self.num_threads, seed=self.seed, shard_id=shard_id, num_shards=num_shards,
-                prefetch_queue_depth=self.prefetch_queue_depth, hw_decoder_load=self.hw_decoder_load,
-                cpu_ops=self.decode == "cpu",
-                train_view="resize" if self.aug == "baseline1" else "random-resized-crop",
-            )
-            self._apply_options(cfg)
-            pipe = build_folder_pipeline([files[i] for i in order], [int(i) for i in order], cfg, checkpoint)
-            make = lambda: DALIGenericIterator(  # noqa: E731
-                pipe, ["images", "ids"], reader_name=READER_NAME,
-                last_batch_policy=LastBatchPolicy.DROP if self.train else LastBatchPolicy.PARTIAL,
-                auto_reset=False, **_ITERATOR_OPTIONS,
-            )
-        else:
-            from pipelines.cifar import CifarFeed, CifarPipelineConfig, build_cifar_pipeline
-
-            feed = CifarFeed(self.source.images, self.batch_size, train=self.train, shard_id=self.shard_id,
-                             num_shards=self.num_shards, seed=self.seed)
-            cfg = CifarPipelineConfig(
-                train=self.train, batch_size=self.batch_size, out_size=self.out_size,
-                device_id=self._device_id(), num_threads=self.num_threads, seed=self.seed,
-                shard_id=self.shard_id, num_shards=self.num_shards,
-                prefetch_queue_depth=self.prefetch_queue_depth, cpu_ops=self.decode == "cpu",
-                **({"pad": 0} if self.aug == "baseline1" else {}),  # Baseline-I: resize + flip only
-            )
-            self._apply_options(cfg)
-            pipe = build_cifar_pipeline(feed, cfg, checkpoint)
-            # No reader: the feed ends each epoch with StopIteration and sizes the last batch itself.
-            make = lambda: DALIGenericIterator(pipe, ["images", "ids"], auto_reset=False,  # noqa: E731
-                                               **_ITERATOR_OPTIONS)
-        self._iterator = self._dali_call(make)
-        self._pipe = pipe
+        self._fresh = False
 
     def _apply_options(self, cfg) -> None:
-        fixed = {"train", "batch_size", "device_id", "shard_id", "num_shards"}  # owned by the loader
-        for key, value in self.pipeline_options.items():
+        fixed = {"train", "batch_size", "device_id", "shard_id", "num_shards", "seed", "shuffle"}  # the loader's
+        for key, value in self.dali.extra.items():
             if key in fixed or not hasattr(cfg, key):
-                raise ValueError(f"pipeline_options: {key!r} is not a settable option of {type(cfg).__name__}")
+                raise ConfigError(f"dali.extra: {key!r} is not a settable option of {type(cfg).__name__}")
             setattr(cfg, key, value)
 
     def _dali_call(self, fn):
@@ -329,7 +357,7 @@ class EventLoader(LoaderBase):
             if "out of memory" in low:
                 raise RuntimeError(
                     f"DALI ran out of memory (batch_size={self.batch_size}, prefetch_queue_depth="
-                    f"{self.prefetch_queue_depth}); lower the batch size or the prefetch depth.\n{msg}"
+                    f"{self.dali.prefetch_queue_depth}); lower the batch size or the prefetch depth.\n{msg}"
                 ) from exc
             err = self._data_error(msg)
             if err is None:
@@ -345,35 +373,48 @@ class EventLoader(LoaderBase):
                             root=getattr(self.source, "root", ""), num_threads=min(self.num_threads, 8))
 
     def _my_files(self) -> list[str]:
-        files = self.source.files
-        if self.train:
-            return files
-        return files[self._eval_range[0]:self._eval_range[1]]
+        lo, hi = (0, self.total_samples) if self.train else self._eval_range
+        return [self.source.samples[i][0] for i in range(lo, hi)]
 
     # ----------------------------------------------------------------------------------------------
     # iteration
     # ----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
-        return self._epoch()
+        if not self._next_pass():
+            # A fresh pipeline of this epoch is used as it is (built ahead, or at construction); an
+            # evaluation pipeline that ran to its end was rewound by DALI and reads the same list again.
+            if not (self._fresh and (self._pipe_epoch == self.epoch or not self.train)):
+                self._open(self.epoch, None)
+        self._pass += 1
+        return self._run(self._pass)
 
-    def _epoch(self):
-        if self._iterator is None:  # an empty evaluation shard (more ranks than samples)
-            self.epoch += 1
+    def _run(self, token: int):
+        iterator = self._iterator
+        if iterator is None or token != self._pass:  # an empty evaluation shard, or a pass abandoned unread
             return
-        if self._consumed >= self._batches_per_epoch:
-            # The previous pass took every batch but stopped before DALI said so: close that epoch.
-            self._drain()
-        while True:
+        self._fresh = False
+        while token == self._pass:  # a newer iter() took over: this pass was abandoned
             try:
-                out = self._dali_call(lambda: next(self._iterator))
+                out = self._dali_call(lambda: next(iterator))
             except StopIteration:
-                self._end_epoch()
+                if token == self._pass:
+                    self._end_epoch()
                 return
             images, ids = out[0]["images"], out[0]["ids"]
             if images.shape[0] == 0:
                 continue
-            self._consumed += 1
+            self.position += 1
             yield self._convert(images, ids)
+
+    def _end_epoch(self) -> None:
+        if self.train:
+            # Build the next epoch's pipeline now: DALI starts reading it while the trainer evaluates,
+            # so the epoch boundary does not wait for a pipeline start-up (one pipeline at a time: the
+            # finished one is dropped first). If the run ends here the build was wasted; it is one start-up.
+            self._open(self.epoch + 1, None)
+        else:
+            self._dali_call(self._iterator.reset)  # rewind: evaluation reads the same list every epoch
+            self._fresh = True
 
     def _convert(self, images: torch.Tensor, ids: torch.Tensor):
         # Everything below is queued on torch's current stream, right behind DALI's hand-off.
@@ -381,44 +422,32 @@ class EventLoader(LoaderBase):
             images = images.to(self.device, non_blocking=True)
             ids = ids.to(self.device, non_blocking=True)
         ids = ids.reshape(-1).to(torch.int64)
-        events = images
         labels = self._labels[ids]
         soft = None
         if self.mix is not None:  # mixing on the images, before conversion (see training/mixing.py)
             images, soft = self.mix(images, labels)  # uint8 in; float 0..1 out where it mixed
-        if self.convert and self.output != "events":
-            events = static_frames(images, kind=self.output, timesteps=len(self.order), dtype=self.dtype)
-        elif self.convert:
+        conv = self.conversion
+        if conv.output == "images":
+            events = images
+        elif conv.output != "events":
+            events = static_frames(images, kind=conv.output, timesteps=len(self.order), dtype=self.dtype)
+        else:
             events = i2e_convert(
                 images, ratio=self.ratio, timesteps=self.timesteps, order=self.order,
-                train=self.train and self.random_motion, per_sample=self.per_sample, generator=self._generator,
-                dtype=self.dtype, impl=self.impl, validate=False, threshold=self.threshold,
-                threshold_value=self.threshold_value,
+                train=self.train and conv.random_motion, per_sample=conv.per_sample, generator=self._generator,
+                dtype=self.dtype, impl=conv.impl, validate=False, threshold=conv.threshold,
+                threshold_value=conv.threshold_value,
             )
-        if self.mix is not None:
-            return events, labels, soft
-        if self.with_index:
-            return events, labels, ids
-        return events, labels
-
-    def _end_epoch(self) -> None:
-        # Prepare the next epoch at once (DALI starts prefetching it), so the next pass is ready.
-        self._dali_call(self._iterator.reset)
-        self.epoch += 1
-        self._consumed = 0
-
-    def _drain(self) -> None:
-        while True:
-            try:
-                self._dali_call(lambda: next(self._iterator))
-            except StopIteration:
-                break
-        self._end_epoch()
+        fields = (events, labels) + ((soft,) if self.mix is not None else ()) + ((ids,) if self.with_index else ())
+        return self.batch_type(*fields)
 
     def reset(self) -> None:
-        """Abandon the rest of the current epoch (its remaining batches are read and discarded)."""
-        if self._iterator is not None and self._consumed > 0:
-            self._drain()
+        """Abandon the rest of the current epoch now (its pipeline is dropped, nothing more is read);
+        the next ``iter()`` starts the next epoch, as it would anyway."""
+        self._resume = False
+        if self._iterator is not None and not self._fresh:
+            self._close()
+        self._pass += 1
 
     # ----------------------------------------------------------------------------------------------
     # exact resume
@@ -432,23 +461,30 @@ class EventLoader(LoaderBase):
 
     def state_dict(self) -> dict:
         """Position and random state; ``torch.save`` / ``torch.load(weights_only=True)`` friendly."""
-        state = {"version": _STATE_VERSION, "epoch": self.epoch, "consumed": self._consumed, **self._fingerprint()}
-        state["dali"] = self._iterator.checkpoints()[0] if self._iterator is not None else None
-        state["generator"] = self._generator.get_state() if self._generator is not None else None
-        return state
+        epoch, done = self._saved_position()
+        mid = done > 0 and self._iterator is not None
+        return {
+            "version": _STATE_VERSION, "epoch": epoch, "consumed": done, **self._fingerprint(),
+            "dali": self._iterator.checkpoints()[0] if mid else None,
+            "generator": self._generator.get_state() if mid and self._generator is not None else None,
+        }
 
     def load_state_dict(self, state: dict) -> None:
-        """Continue exactly where the loader that produced ``state`` stood (same data set, batch
-        size, shard and seed). Rebuilds the DALI pipeline from its checkpoint."""
+        """Make the next ``iter()`` continue exactly where the loader that produced ``state`` stood (same
+        data set, batch size, shard and seed). Rebuilds that epoch's DALI pipeline from its checkpoint."""
         if not isinstance(state, dict) or state.get("version") != _STATE_VERSION:
-            raise ValueError("not an EventLoader state (or from another version of i2e-dali)")
+            raise ConfigError("load_state_dict: not an EventLoader state (or from another version of i2e-dali)")
         self._check_fingerprint({k: state.get(k) for k in self._fingerprint()})
-        if state["dali"] is not None:
-            self._build(checkpoint=state["dali"])
-        if self._generator is not None and state.get("generator") is not None:
+        epoch, done = int(state["epoch"]), int(state["consumed"])
+        if not 0 <= done < max(self._batches_per_epoch, 1):
+            raise ConfigError(f"load_state_dict: position {done} is outside 0..{self._batches_per_epoch - 1}")
+        mid = done > 0 and state.get("dali") is not None
+        self._open(epoch, state["dali"] if mid else None)
+        if mid and self._generator is not None and state.get("generator") is not None:
             self._generator.set_state(state["generator"])
-        self.epoch = int(state["epoch"])
-        self._consumed = int(state["consumed"])
+        self.epoch, self.position = epoch, done if mid else 0
+        self._started, self._resume = False, mid
+        self._pass += 1
 
     def __repr__(self) -> str:
         return (

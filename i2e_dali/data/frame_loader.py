@@ -1,7 +1,7 @@
 """FrameLoader: batches of precomputed event frames, with the same contract as the live EventLoader.
 
-Used for exported / published I2E datasets (``i2e_dali.npz``) and for CIFAR10-DVS frames
-(``i2e_dali.dvs``). Items of the wrapped map-style dataset are ``(frames [T, 2, H, W], label)``;
+Used for exported / published I2E datasets (``i2e_dali.data.npz``) and for CIFAR10-DVS frames
+(``i2e_dali.data.dvs``). Items of the wrapped map-style dataset are ``(frames [T, 2, H, W], label)``;
 iterating yields ``(events [T, B, 2, H, W] in ``dtype`` on ``device``, labels int64 [B] on ``device``)``.
 
 Reading and collation run in torch ``DataLoader`` worker processes (with pinned memory when the
@@ -14,9 +14,10 @@ reproducible and resumable:
   ``DistributedSampler`` does not fit here: without ``drop_last`` it pads the shards to equal length by
   repeating samples, so a sharded evaluation would count some samples twice.
 
-An epoch is one pass. Breaking out of a loop and iterating again continues the same epoch where it
-stopped (like DALI's iterators); ``reset()`` abandons the rest of it. ``state_dict()`` holds the epoch
-and the number of batches consumed, so a resumed run yields exactly the batches that were still due.
+Epochs follow the loader contract (data/base.py, like torch's DataLoader): every ``iter()`` starts a new
+epoch (the samplers are seeded by the epoch number), except the first ``iter()`` after
+``load_state_dict()``, which continues the saved position. ``state_dict()`` holds the epoch and the number
+of batches consumed, so a resumed run yields exactly the batches that were still due.
 """
 from __future__ import annotations
 
@@ -30,7 +31,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 from pipelines import shard_bounds
 
 from ..convert import OUT_DTYPES
-from .base import LoaderBase
+from ..errors import ConfigError, DatasetError
+from .base import LoaderBase, batch_type
 from ..placement import DEFAULT_SEED, cores_per_rank, default_shard, resolve_device
 
 __all__ = ["FrameLoader", "ShardedSequentialSampler"]
@@ -88,19 +90,20 @@ class _Indexed(Dataset):
         try:
             frames, label = item
         except (TypeError, ValueError):
-            raise ValueError(
+            raise DatasetError(
                 f"dataset item {index} must be a pair (frames [T, 2, H, W], label), got {type(item).__name__}"
             ) from None
         if isinstance(frames, np.ndarray):
             frames = torch.from_numpy(np.ascontiguousarray(frames))
         if not isinstance(frames, torch.Tensor) or frames.dim() != 4 or frames.shape[1] != 2:
             shape = tuple(frames.shape) if hasattr(frames, "shape") else type(frames).__name__
-            raise ValueError(f"dataset item {index}: frames must be [T, 2, H, W], got {shape}")
+            raise DatasetError(f"dataset item {index}: frames must be [T, 2, H, W], got {shape}")
         return frames, int(label), index
 
 
 class FrameLoader(LoaderBase):
-    """Iterate ``(events [T, B, 2, H, W], labels [B])`` over a dataset of precomputed event frames.
+    """Iterate ``Batch(events [T, B, 2, H, W], labels [B])`` over a dataset of precomputed event frames
+    (``IndexedBatch(events, labels, indices)`` with ``with_index``).
 
     Args:
         dataset: map-style dataset of ``(frames [T, 2, H, W] tensor/ndarray, label int)`` with a
@@ -133,20 +136,20 @@ class FrameLoader(LoaderBase):
         prefetch_factor: int = 2,
     ):
         if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+            raise ConfigError(f"batch_size must be a positive int, got {batch_size!r}")
         if dtype not in OUT_DTYPES:
-            raise ValueError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
+            raise ConfigError(f"dtype must be one of {[str(d) for d in OUT_DTYPES]}, got {dtype!r}")
         if num_workers is None:
             num_workers = min(8, cores_per_rank())
         if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
-            raise ValueError(f"num_workers must be an int >= 0, got {num_workers!r}")
+            raise ConfigError(f"num_workers must be an int >= 0, got {num_workers!r}")
         if not isinstance(seed, int) or isinstance(seed, bool):
-            raise ValueError(f"seed must be an int, got {seed!r}")
+            raise ConfigError(f"seed must be an int, got {seed!r}")
         if flip and not train:
-            raise ValueError("flip=True is an augmentation for training; evaluation never flips")
+            raise ConfigError("flip=True is an augmentation for training; evaluation never flips")
         n = len(dataset)
         if n == 0:
-            raise ValueError(f"the dataset is empty ({type(dataset).__name__}); nothing to load")
+            raise ConfigError(f"the dataset is empty ({type(dataset).__name__}); nothing to load")
         self.dataset = dataset
         self.batch_size = batch_size
         self.train = bool(train)
@@ -155,11 +158,12 @@ class FrameLoader(LoaderBase):
         self.shard_id, self.num_shards = default_shard(shard_id, num_shards)
         self.seed = seed
         self.flip = self.train if flip is None else bool(flip)
-        self.with_index = with_index
+        self.with_index = bool(with_index)
+        self.batch_type = batch_type(self.with_index, False)
         self.total_samples = n
         self.class_names: list[str] = list(getattr(dataset, "classes", []))
         if not self.class_names:
-            raise ValueError(f"{type(dataset).__name__} must have a non-empty 'classes' list of class names")
+            raise ConfigError(f"{type(dataset).__name__} must have a non-empty 'classes' list of class names")
         self.num_classes = len(self.class_names)
 
         if self.train:
@@ -172,7 +176,7 @@ class FrameLoader(LoaderBase):
                                    drop_last=True))
             self.num_samples = len(sampler)
             if self.num_samples < batch_size:
-                raise ValueError(
+                raise ConfigError(
                     f"training needs at least one full batch per rank: {n} samples over {self.num_shards} "
                     f"shard(s) give {self.num_samples} per rank, fewer than batch_size={batch_size}; "
                     "lower the batch size"
@@ -202,6 +206,7 @@ class FrameLoader(LoaderBase):
         )
         self.epoch = 0
         self.position = 0  # batches of the current epoch already yielded
+        self._pass = 0  # id of the current pass: an abandoned pass's generator stops
         self._flips: tuple[int, torch.Tensor] | None = None
 
     # ---------------------------------------------------------------------------------------------
@@ -220,7 +225,7 @@ class FrameLoader(LoaderBase):
             frames = torch.where(mask.view(-1, 1, 1, 1, 1), frames.flip(-1), frames)
         batch, steps = frames.shape[:2]
         if steps != self.timesteps or tuple(frames.shape[3:]) != self.image_size:
-            raise ValueError(
+            raise DatasetError(
                 f"samples have inconsistent shapes: expected [T={self.timesteps}, 2, {self.image_size[0]}, "
                 f"{self.image_size[1]}], got {list(frames.shape[1:])}"
             )
@@ -230,32 +235,25 @@ class FrameLoader(LoaderBase):
         return out
 
     def __iter__(self):
-        if self.position >= self._batches_per_epoch:  # the previous epoch ran to its end without StopIteration
-            self.epoch += 1
-            self.position = 0
+        resumed = self._next_pass()
         self._batches.epoch = self.epoch
-        self._batches.start = self.position
+        self._batches.start = self.position if resumed else 0
+        self._pass += 1
+        return self._run(self._pass)
+
+    def _run(self, token: int):
         for frames, labels, indices in self._loader:
+            if token != self._pass:  # a newer iter() started another epoch: this one was abandoned
+                return
             events = self._to_events(frames, indices)
             labels = labels.to(self.device, non_blocking=True)
             self.position += 1
-            if self.with_index:
-                yield events, labels, indices
-            else:
-                yield events, labels
-        self.epoch += 1
-        self.position = 0
+            yield self.batch_type(events, labels, indices) if self.with_index else self.batch_type(events, labels)
 
     def reset(self) -> None:
-        """Abandon the rest of the current epoch; the next pass starts the next epoch."""
-        if self.position > 0:
-            self.epoch += 1
-            self.position = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Start the next pass at the beginning of ``epoch`` (for trainers that count epochs themselves)."""
-        self.epoch = int(epoch)
-        self.position = 0
+        """Abandon the rest of the current epoch; the next ``iter()`` starts the next epoch, as it would anyway."""
+        self._resume = False
+        self._pass += 1
 
     # ---------------------------------------------------------------------------------------------
     def _fingerprint(self) -> dict:
@@ -267,17 +265,23 @@ class FrameLoader(LoaderBase):
         return fp
 
     def state_dict(self) -> dict:
-        return {"epoch": self.epoch, "position": self.position, **self._fingerprint()}
+        epoch, position = self._saved_position()
+        return {"epoch": epoch, "position": position, **self._fingerprint()}
 
     def load_state_dict(self, state: dict) -> None:
+        """Make the next ``iter()`` continue where the loader that produced ``state`` stood."""
         try:
             epoch, position = int(state["epoch"]), int(state["position"])
         except (KeyError, TypeError, ValueError) as exc:
-            raise ValueError(f"not a FrameLoader state dict (needs 'epoch' and 'position'): {state!r}") from exc
+            raise ConfigError(f"load_state_dict: not a FrameLoader state dict (needs 'epoch' and 'position'): "
+                              f"{state!r}") from exc
         self._check_fingerprint(state)
         if not 0 <= position <= self._batches_per_epoch:
-            raise ValueError(f"loader state position {position} is outside 0..{self._batches_per_epoch}")
-        self.epoch, self.position = epoch, position
+            raise ConfigError(f"load_state_dict: position {position} is outside 0..{self._batches_per_epoch}")
+        if position == self._batches_per_epoch:  # a finished epoch: continue with the next one
+            epoch, position = epoch + 1, 0
+        self._pass += 1
+        self.epoch, self.position, self._started, self._resume = epoch, position, False, position > 0
 
     def __repr__(self) -> str:
         return (

@@ -9,7 +9,7 @@ Two per-sample formats, detected from the file itself:
 * sparse: ``arr_0`` integer ``[N, 4]`` rows ``(t, p, x, y)`` with p = 1 for ON and p = 0 for OFF
   (note the flip: dense channel = 1 - p). uint8 while T, H and W are at most 256.
 
-A sparse matrix does not say how large the frame is. Files written by ``i2e_dali.export`` carry it as a
+A sparse matrix does not say how large the frame is. Files written by ``i2e_dali.tools.export`` carry it as a
 second array ``shape = [T, H, W]`` (``arr_0`` stays first, so readers of the published format still find
 it) and the export also writes ``i2e_meta.json`` per split. For the authors' files, which hold only the
 matrix, give ``timesteps``/``size`` explicitly or let the reader infer them from a sample of files
@@ -331,7 +331,7 @@ def read_meta(root: str | os.PathLike) -> dict | None:
 # datasets
 # --------------------------------------------------------------------------------------------------
 def _class_files(folder: Path) -> list[Path]:
-    # Same walk as the image scan (i2e_dali.datasets): nested folders belong to the class, sorted,
+    # Same walk as the image scan (i2e_dali.data.sources): nested folders belong to the class, sorted,
     # a folder's own files before its sub-folders', hidden names (our temp files) skipped.
     found = []
     for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):

@@ -2,7 +2,7 @@
 
 A *source* is a plain description of a split: ``samples`` (list of ``(path-or-stem, label)``),
 ``classes`` (names, index = label), and the paper's defaults for it (``default_ratio``, sizes).
-The DALI pipelines (``pipelines/``) read what a source lists; ``i2e_dali.loader.EventLoader`` joins
+The DALI pipelines (``pipelines/``) read what a source lists; ``i2e_dali.data.event_loader.EventLoader`` joins
 the two. Problems that are cheap to find (missing folders, empty classes, non-image files, zero-byte
 files, missing CIFAR batches) are refused here, before DALI starts, with an error that names the
 file or folder and says what to do; files that only a decoder can reject are found by ``i2e-check``.

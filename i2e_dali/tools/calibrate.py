@@ -133,10 +133,11 @@ def load_sample(
 ) -> torch.Tensor:
     """``count`` randomly chosen samples of ``source`` (seeded) in the evaluation view: uint8 [N,3,H,W].
 
-    Decoded once through the EventLoader (``convert=False``), so the bisection converts the same
+    Decoded once through the EventLoader (``Conversion(output="images")``), so the bisection converts the same
     pixels many times without decoding again.
     """
-    from ..data.event_loader import EventLoader
+    from ..convert import Conversion
+    from ..data.event_loader import DaliOptions, EventLoader
 
     n = len(source.samples)
     if n == 0:
@@ -144,8 +145,8 @@ def load_sample(
     count = min(int(count), n)
     chosen = np.sort(np.random.default_rng(seed).choice(n, size=count, replace=False))
     loader = EventLoader(
-        source.subset(chosen.tolist()), min(batch_size, count), train=False, convert=False,
-        eval_view=view, device=device, num_threads=num_threads, shard_id=0, num_shards=1,
+        source.subset(chosen.tolist()), min(batch_size, count), train=False, conversion=Conversion(output="images"),
+        eval_view=view, device=device, dali=DaliOptions(num_threads=num_threads), shard_id=0, num_shards=1,
     )
     return torch.cat([images for images, _ in loader])
 

@@ -384,16 +384,18 @@ def _frame_size(cfg: ExportConfig, source) -> tuple[int, int]:
 
 def _loader(cfg: ExportConfig, sub, batch: int, view: str, ratio: float, size: tuple[int, int]):
     """The one loader of both formats: DALI (GPU if present) + the conversion in evaluation mode."""
-    from ..data.event_loader import EventLoader
+    from ..convert import Conversion
+    from ..data.event_loader import DaliOptions, EventLoader
 
     sizes = (dict(out_size=size[0]) if _is_cifar(sub)
              else dict(crop_size=size[0], resize_size=max(size[0], round(size[0] * 256 / 224))))
+    conversion = Conversion(ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, dtype=torch.bool,
+                            threshold="adaptive" if cfg.fixed_threshold is None else "fixed",
+                            threshold_value=cfg.fixed_threshold)
     return EventLoader(
-        sub, batch, train=False, with_index=True, eval_view=view, dtype=torch.bool,
-        ratio=ratio, timesteps=cfg.timesteps, order=cfg.order, device=cfg.device,
-        num_threads=cfg.dali_threads, shard_id=0, num_shards=1,
-        pipeline_options={"interp": cfg.interp or "linear"}, **sizes,
-        threshold="adaptive" if cfg.fixed_threshold is None else "fixed", threshold_value=cfg.fixed_threshold,
+        sub, batch, train=False, with_index=True, eval_view=view, conversion=conversion, device=cfg.device,
+        dali=DaliOptions(num_threads=cfg.dali_threads, extra={"interp": cfg.interp or "linear"}),
+        shard_id=0, num_shards=1, **sizes,
     )
 
 

@@ -28,12 +28,14 @@ __all__ = ["compare", "main"]
 
 
 def _dali_resize(folder: Path, side: int, interp: str) -> dict[str, np.ndarray]:
-    from ..data.event_loader import EventLoader
+    from ..convert import Conversion
+    from ..data.event_loader import DaliOptions, EventLoader
     from ..data.sources import ImageFolderSource
 
     src = ImageFolderSource(folder)
-    loader = EventLoader(src, 16, train=False, eval_view="resize", crop_size=side, resize_size=side, convert=False,
-                         with_index=True, device="cpu", num_threads=2, pipeline_options={"interp": interp})
+    loader = EventLoader(src, 16, train=False, eval_view="resize", crop_size=side, resize_size=side,
+                         conversion=Conversion(output="images"), with_index=True, device="cpu",
+                         dali=DaliOptions(num_threads=2, extra={"interp": interp}))
     out = {}
     for images, _, idx in loader:
         for b, i in enumerate(idx.tolist()):

@@ -1,4 +1,4 @@
-"""Throughput benchmark: ``python -m i2e_dali.bench (or i2e_dali.tools.bench) {convert,loader,train,corpus,proof}`` (console: i2e-bench).
+"""Throughput benchmark: ``i2e-bench (or python -m i2e_dali.tools.bench) {convert,loader,train,corpus,proof}`` (console: i2e-bench).
 
 Each mode prints one table and writes a JSON record (device, library versions, date, settings, every
 measured number) to ``--json`` (default ``benchmarks/results/<device>-<date>-<mode>.json``).

@@ -14,7 +14,7 @@ and the work spreads over processes. Atomic: each file is written to a temporary
 ``corpus.json`` (settings and measured statistics) is written last, so a folder without it is
 incomplete, and running again with the same settings finishes it.
 
-CLI: ``python -m i2e_dali.bench corpus --out DIR --images N`` (see :mod:`i2e_dali.tools.bench`).
+CLI: ``i2e-bench corpus --out DIR --images N`` (see :mod:`i2e_dali.tools.bench`).
 """
 from __future__ import annotations
 

@@ -23,7 +23,7 @@ def dataset_root(args) -> Iterator[Path]:
         root = Path(args.data).expanduser()
         if not (root / "train").is_dir():
             raise BenchError(f"--data {root}: expected {root}/train/<class>/<image> (make one with "
-                             f"`python -m i2e_dali.bench corpus --out {root}`)")
+                             f"`i2e-bench corpus --out {root}`)")
         yield root
         return
     from .corpus import CorpusConfig, generate_corpus
@@ -92,7 +92,8 @@ class Feed:
 
 def make_feeds(args, root: Path, device: torch.device, *, crop: int, dtype: torch.dtype, batch: int) -> list[Feed]:
     from ...data.sources import ImageFolderSource
-    from ...data.event_loader import EventLoader
+    from ...convert import Conversion
+    from ...data.event_loader import DaliOptions, EventLoader
 
     cuda = device.type == "cuda"
     wanted = args.pipelines or (["dali-gpu", "dali-cpu", "reference"] if cuda else ["dali-cpu", "reference"])
@@ -103,9 +104,9 @@ def make_feeds(args, root: Path, device: torch.device, *, crop: int, dtype: torc
             decode = name.split("-")[1]
             if decode == "gpu" and not cuda:
                 raise BenchError("pipeline dali-gpu needs a CUDA device")
-            loader = EventLoader(source, batch, train=True, timesteps=args.timesteps, dtype=dtype, device=device,
-                                 decode=decode, crop_size=crop, seed=args.seed,
-                                 num_threads=args.threads or None)
+            loader = EventLoader(source, batch, train=True, conversion=Conversion(timesteps=args.timesteps, dtype=dtype),
+                                 device=device, dali=DaliOptions(decode=decode, num_threads=args.threads or None),
+                                 crop_size=crop, seed=args.seed)
             feeds.append(Feed(name, lambda loader=loader: loader,
                               f"EventLoader decode={decode} threads={loader.num_threads}"))
         elif name == "reference":
