@@ -182,3 +182,23 @@ def test_every_python_name_in_the_docs_exists():
 def test_guides_are_written(page):
     text = (ROOT / "docs" / page).read_text()
     assert "being written" not in text and len(text.splitlines()) > 20
+
+
+# Flags of other programs the pages show (pip, torchrun, the hub's CLI, TensorBoard) and the authors' own.
+_FOREIGN_FLAGS = {"--help", "--index-url", "--include", "--local-dir", "--repo-type", "--revision", "--logdir",
+                  "--nnodes", "--node_rank", "--nproc_per_node", "--rdzv_endpoint", "--rdzv_backend",
+                  "--rdzv_id", "--max-restarts", "--standalone", "--shuffle", "--no-deps", "--upgrade"}
+
+
+def test_every_flag_in_the_docs_exists():
+    """A flag a page shows is defined by one of the project's parsers (as a "--flag" string in the code)."""
+    code = "".join(p.read_text() for p in [*ROOT.glob("i2e_dali/**/*.py"), *ROOT.glob("pipelines/*.py"),
+                                           ROOT / "train_dali.py", *ROOT.glob("docs/**/*.py")])
+    missing = []
+    for md in _docs_markdown():
+        if md == ROOT / "docs" / "README.md":  # the docs' own maintenance commands (chromium, mkdocs)
+            continue
+        for flag in sorted(set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", md.read_text())) - _FOREIGN_FLAGS):
+            if f'"{flag}"' not in code and f"'{flag}'" not in code:
+                missing.append(f"{md.relative_to(ROOT)}: {flag}")
+    assert not missing, "flags in the docs that no parser defines:\n" + "\n".join(missing)
