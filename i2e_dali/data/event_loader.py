@@ -151,6 +151,15 @@ register_pipeline_builder("folder", _folder_pipeline)
 register_pipeline_builder("cifar", _cifar_pipeline)  # CIFAR batches and MNIST's IDX files (in-memory uint8)
 
 
+def _wds_pipeline(loader: "EventLoader", epoch: int, seed: int, checkpoint: str | None):
+    from .shards import shard_pipeline  # WebDataset tar shards: per-epoch DALI index files, the folder views
+
+    return shard_pipeline(loader, epoch, seed, checkpoint)
+
+
+register_pipeline_builder("wds", _wds_pipeline)
+
+
 def _write_file_list(source, path: str, indices: np.ndarray) -> str | None:
     """Write DALI's file list ("path sample-index" lines) for ``indices``; returns its ``file_root``."""
     own = getattr(source, "write_file_list", None)
@@ -257,7 +266,7 @@ class EventLoader(LoaderBase):
 
         self.class_names: list[str] = list(source.classes)
         self.num_classes = len(self.class_names)
-        if kind == "folder":
+        if kind in ("folder", "wds"):  # encoded images: the ImageNet views
             self.crop_size = int(crop_size or source.default_crop_size)
             self.resize_size = int(resize_size or source.default_resize_size)
             self.image_size = (self.crop_size, self.crop_size)
@@ -369,6 +378,8 @@ class EventLoader(LoaderBase):
         culprit search whatever DALI's message says; None: the error passes through as itself."""
         from .decode_check import loader_error
 
+        if hasattr(self.source, "data_error"):  # sources that know their files better (tar shards)
+            return self.source.data_error(msg)
         return loader_error(msg, self._my_files() if self.kind == "folder" else None,
                             root=getattr(self.source, "root", ""), num_threads=min(self.num_threads, 8))
 
