@@ -14,7 +14,7 @@ from damage import jpeg_declare_size
 from i2e_dali.data.decode_check import (DEFAULT_MAX_PIXELS, decode_check, default_max_pixels, find_culprits,
                                         is_infrastructure_error)
 from i2e_dali.data.decode_pool import declared_pixels
-from i2e_dali.data.event_loader import EventLoader
+from i2e_dali.data.event_loader import DaliOptions, EventLoader
 from i2e_dali.data.sources import ImageFolderSource, UndecodableImageError
 from i2e_dali.errors import ConfigError
 from i2e_dali.tools.check import main as check_main
@@ -25,11 +25,7 @@ W, H = 6081, 43406
 
 
 def _loader(source, *, train: bool, **kw) -> EventLoader:
-    """A one-thread CPU loader (DaliOptions where the loader takes its DALI knobs grouped)."""
-    try:
-        from i2e_dali.data.event_loader import DaliOptions
-    except ImportError:
-        return EventLoader(source, 2, train=train, device="cpu", num_threads=1, **kw)
+    """A one-thread CPU loader."""
     return EventLoader(source, 2, train=train, device="cpu", dali=DaliOptions(num_threads=1), **kw)
 
 

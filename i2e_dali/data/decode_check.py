@@ -24,6 +24,7 @@ import re
 from ..errors import ConfigError, UndecodableImageError
 from ..fsio import atomic_write_text
 from ..placement import usable_cores
+from .dali_errors import PATH_PATTERNS, is_dali_data_error
 from .decode_pool import DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_TIME_LIMIT, DecodePool, over_limit
 from .exclude import normalize_path
 from .sources import scan_image_folder
@@ -70,12 +71,6 @@ def decode_check(files: list[str], *, num_threads: int | None = None, batch_size
 # ------------------------------------------------------------------------------------------------
 # the loader's culprit search
 # ------------------------------------------------------------------------------------------------
-# DALI names the failing sample's source in some errors ("Failed to decode sample #3 : /x/y.JPEG",
-# "File mapping failed: /x/y.JPEG"), not in all (e.g. "nvImageCodec failure: '#4'", a bad crop window).
-PATH_PATTERNS = (
-    re.compile(r"sample #\d+\s*:\s*(\S+)"),
-    re.compile(r"(?:File mapping failed|Failed to open file|Could not open file)\s*:?\s*(\S+)"),
-)
 # CUDA / driver / memory failures: never a bad image, even when the decoder reports them.
 _INFRA_PHRASES = ("cuda", "driver", "out of memory", "illegal memory", "illegal address", "launch failure",
                   "nvjpeg_status_execution_failed", "nvjpeg_status_internal_error",
@@ -141,7 +136,7 @@ def loader_error(message: str, files: list[str] | None, *, root="", num_threads:
     for sources without files, e.g. CIFAR arrays) whatever DALI's message says; ``None`` when the error
     must pass through as itself: a CUDA / driver / memory failure, or no file is to blame and the
     message is not about one either."""
-    from .event_loader import is_dali_data_error
+    from .dali_errors import is_dali_data_error
     from .sources import dali_error_detail
 
     if is_infrastructure_error(message):
