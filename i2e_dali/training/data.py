@@ -27,72 +27,41 @@ def events_dtype(amp: str, device: torch.device) -> torch.dtype:
 
 
 def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = True):
-    """(train_loader or None, val_loader) for ``args.dataset``; errors name the flag and the folder."""
-    device = str(rt.device)
-    if args.dataset == "i2e-npz":
-        from ..data.npz import open_npz_splits
+    """(train_loader or None, val_loader) for ``args.dataset``, built by ``i2e_dali.make_loader``; errors
+    name the flag and the folder."""
+    from ..convert import Conversion
+    from ..data.factory import FRAME_KINDS, make_loader
 
+    kind = args.dataset
+    dtype = events_dtype(args.amp, rt.device)
+    common = dict(dataset=kind, device=str(rt.device), seed=args.seed, workers=args.workers, size=args.size,
+                  progress=rt.is_main and args.progress)
+    if kind in FRAME_KINDS:
         _check_data_dir(args.data)
-        return _frame_loaders(open_npz_splits(args.data, timesteps=args.timesteps, size=args.size), args, rt,
-                              need_train)
-    if args.dataset == "i2e-parquet":
-        from ..data.parquet import open_parquet_splits
-
-        _check_data_dir(args.data)
-        return _frame_loaders(open_parquet_splits(args.data, timesteps=args.timesteps), args, rt, need_train)
-    if args.dataset == "cifar10-dvs":
-        from ..data.dvs import open_dvs_splits
-
-        _check_data_dir(args.data)
-        train_set, val_set = open_dvs_splits(
-            args.data, timesteps=args.timesteps, cache_dir=args.cache_dir, val_fraction=args.val_fraction,
-            seed=args.seed, split=args.dvs_split, polarity=args.dvs_polarity, binarize=args.dvs_binarize,
-            workers=args.workers, progress=args.progress)
-        return _frame_loaders((train_set, val_set), args, rt, need_train, flip=args.dvs_flip)
-
-    from ..data.event_loader import EventLoader
-    from ..data.sources import open_source
-
-    if args.dataset == "demo":
-        from ..data.demo import ensure_demo_dataset
-
-        root, kind = str(ensure_demo_dataset(args.demo_dir, progress=rt.is_main and args.progress)), "imagenet"
+        common.update(conversion=Conversion(dtype=dtype), timesteps=args.timesteps)
+        if kind == "cifar10-dvs":
+            common.update(flip=args.dvs_flip, source_options=dict(
+                cache_dir=args.cache_dir, val_fraction=args.val_fraction, split=args.dvs_split,
+                polarity=args.dvs_polarity, binarize=args.dvs_binarize))
+        else:
+            common["size"] = args.size  # npz: the frame size of sparse files without a stored shape
+        data = args.data
     else:
-        _check_data_dir(args.data)
-        root, kind = args.data, args.dataset
-    common = dict(
-        ratio=args.ratio,
-        timesteps=args.timesteps,
-        order=args.order,
-        per_sample=not args.batch_motions,
-        dtype=events_dtype(args.amp, rt.device),
-        device=device,
-        seed=args.seed,
-        num_threads=args.workers,
-        **_size_kwargs(args.size, kind),
-        **_experiment_kwargs(args),
-    )
-    excl = _exclusions(args, root, kind, rt)
-    val = EventLoader(open_source(root, "val", kind, **excl), args.batch_size, train=False, **common)
-    train = (EventLoader(open_source(root, "train", kind, **excl), args.batch_size, train=True, **common)
-             if need_train else None)
-    for loader in (train, val):
-        note = getattr(loader.source, "exclusion_note", None) if loader is not None else None
-        if note and rt.is_main:
-            log.info("%s", note)
+        if kind == "demo":
+            data = args.demo_dir
+        else:
+            _check_data_dir(args.data)
+            data = args.data
+        fixed = args.fixed_threshold
+        common.update(
+            conversion=Conversion(ratio=args.ratio, timesteps=args.timesteps, order=args.order,
+                                  per_sample=not args.batch_motions, dtype=dtype, random_motion=args.random_motion,
+                                  threshold="adaptive" if fixed is None else "fixed", threshold_value=fixed,
+                                  output=args.input),
+            aug=args.aug, source_options=_exclusions(args, data, kind, rt))
+    val = make_loader(data, "val", args.batch_size, **common)
+    train = make_loader(data, "train", args.batch_size, **common) if need_train else None
     return train, val
-
-
-def _frame_loaders(splits, args, rt: Runtime, need_train: bool, *, flip: bool | None = None):
-    """FrameLoaders over (train_set, val_set) of an event data set, events in the step's dtype like the
-    live loader's; ``flip`` = training flips (None: the loader's default, on)."""
-    from ..data.frame_loader import FrameLoader
-
-    train_set, val_set = splits
-    common = dict(device=str(rt.device), seed=args.seed, num_workers=args.workers,
-                  dtype=events_dtype(args.amp, rt.device))
-    train = FrameLoader(train_set, args.batch_size, train=True, flip=flip, **common) if need_train else None
-    return train, FrameLoader(val_set, args.batch_size, train=False, flip=False, **common)
 
 
 def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
@@ -100,7 +69,7 @@ def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
     listed, skip = args.exclude_list, args.skip_bad
     if not listed and not skip:
         return {}
-    if kind not in ("imagenet", "folder"):
+    if kind not in ("imagenet", "folder", "demo"):
         flag = "--exclude-list" if listed else "--skip-bad"
         raise TrainError(f"{flag} applies to image-folder data sets (ImageNet layout), not --dataset {args.dataset}")
     from ..data.decode_check import find_bad_files
@@ -134,24 +103,9 @@ def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
     return dict(exclude=excl)
 
 
-def _experiment_kwargs(args) -> dict:
-    """The paper's experiment options the live loader takes (training/options.py defines the flags)."""
-    fixed = args.fixed_threshold
-    return dict(aug=args.aug, random_motion=args.random_motion, threshold="adaptive" if fixed is None else "fixed",
-                threshold_value=fixed, output=args.input)
-
-
-def _size_kwargs(size: int | None, kind: str) -> dict:
-    # ImageNet view: train crop = size, eval = resize to size*256/224 then centre crop size (the
-    # paper's 256/224); CIFAR: size is the resize target of the 32x32 images.
-    if size is None:
-        return {}
-    if kind == "imagenet":
-        return dict(crop_size=size, resize_size=max(size, round(size * 256 / 224)))
-    return dict(out_size=size)
-
-
 def _check_data_dir(path) -> None:
+    if str(path).startswith("s3://"):  # the source checks the bucket
+        return
     p = Path(path).expanduser()
     if not p.exists():
         raise TrainError(f"--data {p} does not exist")
