@@ -95,3 +95,23 @@ def dali_pixels(files, *, view: str, crop: int, resize: int | None = None, devic
     if device_id is not None:
         out = out.as_cpu()
     return [np.array(out[i]) for i in range(len(files))]
+
+
+_CONVERSION_KEYS = ("ratio", "timesteps", "order", "per_sample", "dtype", "impl", "threshold", "threshold_value",
+                    "random_motion", "output")
+_DALI_KEYS = {"decode": "decode", "num_threads": "num_threads", "prefetch_queue_depth": "prefetch_queue_depth",
+              "hw_decoder_load": "hw_decoder_load", "pipeline_options": "extra"}
+
+
+def event_loader(source, batch_size, **kw):
+    """EventLoader with its settings spelled flat, as these tests (written before ``Conversion`` and
+    ``DaliOptions`` grouped them) spell them: the flat names go into the two values."""
+    from i2e_dali.convert import Conversion
+    from i2e_dali.data.event_loader import DaliOptions, EventLoader
+
+    conv = {k: kw.pop(k) for k in _CONVERSION_KEYS if k in kw}
+    if kw.pop("convert", True) is False:
+        conv["output"] = "images"
+    dali = {new: kw.pop(old) for old, new in _DALI_KEYS.items() if old in kw}
+    return EventLoader(source, batch_size, conversion=Conversion(**conv) if conv else kw.pop("conversion", None),
+                       dali=DaliOptions(**dali) if dali else kw.pop("dali", None), **kw)

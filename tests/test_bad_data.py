@@ -16,7 +16,7 @@ from i2e_dali.data.sources import (
     UndecodableImageError,
     open_source,
 )
-from i2e_dali.data.event_loader import EventLoader
+from loader_data import event_loader as EventLoader
 from loader_data import make_folder, smooth_image, write_cifar
 from pipelines.folder import FolderPipelineConfig, build_folder_pipeline
 
@@ -37,7 +37,8 @@ def rgb():
 
 
 def loader(src, train=False, **kw):
-    return EventLoader(src, 2, train=train, device="cpu", num_threads=1, crop_size=16, resize_size=20, **kw)
+    return EventLoader(src, 2, train=train, device="cpu", num_threads=1, crop_size=16,
+                       resize_size=20, **kw)
 
 
 def test_grayscale_cmyk_and_png_named_jpeg_decode_to_rgb(tmp_path, rgb):

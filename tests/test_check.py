@@ -107,7 +107,7 @@ def test_damaged_jpegs_never_crash_check_and_the_loader_trains_past_them(officia
     bad file named, and an epoch runs over the rest with the list excluded."""
     from damage import JPEG_ALWAYS_BAD, damaged_jpeg_folder
     from i2e_dali.data.decode_check import decode_check
-    from i2e_dali.data.event_loader import EventLoader
+    from loader_data import event_loader as EventLoader
     from i2e_dali.data.exclude import read_exclude_list
     from i2e_dali.data.sources import ImageFolderSource, UndecodableImageError
 
@@ -128,11 +128,14 @@ def test_damaged_jpegs_never_crash_check_and_the_loader_trains_past_them(officia
     alone = {p for p, _ in decode_check(every, num_threads=2, batch_size=1, progress=False)}
     assert listed == alone
     # the loader: the first bad file stops it with the clear error; with the list, an epoch runs over the rest
-    kw = dict(train=False, device="cpu", num_threads=1, crop_size=16, resize_size=20)
-    with pytest.raises(UndecodableImageError, match="i2e-check"):
-        for _ in EventLoader(ImageFolderSource(root), 16, **kw):
-            pass
-    src = ImageFolderSource(root, exclude=read_exclude_list(listing))
-    assert len(src.excluded) == len(listed) and str(listing) in src.exclusion_note
-    seen = sum(labels.shape[0] for _, labels in EventLoader(src, 16, **kw))
-    assert seen == len(every) - len(listed) > 16
+    # (both views: the training view decodes through the random-crop ROI decoder)
+    for train in (False, True):
+        kw = dict(train=train, device="cpu", num_threads=1, crop_size=16, resize_size=20)
+        with pytest.raises(UndecodableImageError, match="i2e-check"):
+            for _ in EventLoader(ImageFolderSource(root), 16, **kw):
+                pass
+        src = ImageFolderSource(root, exclude=read_exclude_list(listing))
+        assert len(src.excluded) == len(listed) and str(listing) in src.exclusion_note
+        seen = sum(labels.shape[0] for _, labels in EventLoader(src, 16, **kw))
+        usable = len(every) - len(listed)
+        assert seen == (usable if not train else usable // 16 * 16) and usable > 16

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from i2e_dali.convert import i2e_convert
-from i2e_dali.data.event_loader import EventLoader
+from loader_data import event_loader as EventLoader
 from i2e_dali.data.sources import CifarSource, ImageFolderSource
 from loader_data import make_folder, write_cifar
 

@@ -20,7 +20,7 @@ from PIL import Image
 
 from i2e_dali.data.sources import CifarSource, ImageFolderSource
 from i2e_dali.tools.export import PARTIAL_SUFFIX, ExportConfig, ExportError, export
-from i2e_dali.data.event_loader import EventLoader
+from loader_data import event_loader as EventLoader
 from i2e_dali.data.npz import NpzEventDataset, load_events, read_npz_info
 
 REPO = Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from i2e_dali.data.event_loader import EventLoader
+from loader_data import event_loader as EventLoader
 from i2e_dali.data.idx import IdxSource, read_idx
 from i2e_dali.data.parquet import ParquetEventDataset
 from i2e_dali.data.sources import open_source

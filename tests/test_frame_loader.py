@@ -160,16 +160,21 @@ def test_resume_mid_epoch_and_across_epochs_is_exact():
     assert resumed.state_dict()["epoch"] == 2 and resumed.state_dict()["position"] == 0
 
 
-def test_break_continues_epoch_and_reset_abandons_it():
+def test_every_iter_starts_a_new_epoch_and_reset_abandons():
+    # (was: a second iter() continued the unfinished epoch; the loader contract now follows DataLoader)
     ds = ToyFrames(12)
     ld = FrameLoader(ds, 3, train=False, num_workers=0, with_index=True)
-    part = _collect(ld, n_batches=1)
-    rest = _collect(ld)
-    assert torch.cat([b[2] for b in part + rest]).tolist() == list(range(12))
+    _collect(ld, n_batches=1)
+    full = _collect(ld)
+    assert torch.cat([b[2] for b in full]).tolist() == list(range(12))
+    assert ld.epoch == 1
     _collect(ld, n_batches=2)
     ld.reset()
-    assert ld.position == 0 and ld.epoch == 2
     assert torch.cat([b[2] for b in _collect(ld)]).tolist() == list(range(12))
+    tr, ref = (FrameLoader(ds, 3, train=True, num_workers=0, with_index=True, seed=4) for _ in range(2))
+    _collect(tr, n_batches=1)  # epoch 0 cut short
+    _collect(ref)  # epoch 0 in full
+    assert [b[2].tolist() for b in _collect(tr)] == [b[2].tolist() for b in _collect(ref)]  # same epoch 1
 
 
 def test_bad_arguments_are_refused_clearly():

@@ -77,7 +77,7 @@ def _photos(tmp_path, n=4):
 
 
 def test_iterators_import_no_batch_at_construction(tmp_path):
-    from i2e_dali.data.event_loader import EventLoader
+    from loader_data import event_loader as EventLoader
     from i2e_dali.data.sources import CifarSource, ImageFolderSource
     from loader_data import write_cifar
 
@@ -168,7 +168,7 @@ def test_dali_error_classification(detail, data):
 
 
 def test_cuda_failure_passes_through_the_loader(tmp_path):
-    from i2e_dali.data.event_loader import EventLoader
+    from loader_data import event_loader as EventLoader
     from i2e_dali.data.sources import ImageFolderSource, UndecodableImageError
 
     loader = EventLoader(ImageFolderSource(_photos(tmp_path)), 2, train=False, device="cpu", num_threads=1)

@@ -10,7 +10,7 @@ import torch
 
 from i2e_dali.data.sources import CifarSource, ImageFolderSource
 from i2e_dali.convert import i2e_convert
-from i2e_dali.data.event_loader import EventLoader
+from loader_data import event_loader as EventLoader
 from loader_data import dali_pixels, make_folder, write_cifar
 
 COUNTS = {"cat": 5, "ant": 4, "dog": 6}  # 15 images; sorted classes: ant=0, cat=1, dog=2
@@ -87,7 +87,7 @@ def test_epochs_shuffle_drop_and_len(source):
         assert len(set(ids)) == 12  # no repeats inside an epoch
         orders.append(ids)
     assert orders[0] != orders[1] != orders[2]  # fresh shuffle every epoch
-    assert loader.epoch == 3
+    assert loader.epoch == 2  # the epoch last read (0-based); the next iter() starts epoch 3
 
 
 def test_eval_keeps_and_trims_last_batch(source):
@@ -102,17 +102,24 @@ def test_eval_keeps_and_trims_last_batch(source):
     assert all(torch.equal(x[0], y[0]) for x, y in zip(a, b))
 
 
-def test_break_continues_and_reset_abandons(source):
+def test_every_iter_starts_a_new_epoch_and_reset_abandons(source):
+    # (was: a second iter() continued the unfinished epoch; the loader contract now follows DataLoader)
     loader = small(source, 4, train=False, with_index=True)
     it = iter(loader)
     first = next(it)[2].tolist()
     assert first == [0, 1, 2, 3]
-    rest = [b[2].tolist() for b in loader]  # a new pass continues the unfinished epoch
-    assert rest == [[4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14]]
+    full = [b[2].tolist() for b in loader]  # a new pass is a whole epoch
+    assert full == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14]]
+    assert next(it, None) is None  # the abandoned pass yields nothing more
     it = iter(loader)
     next(it)
     loader.reset()
     assert [b[2].tolist()[0] for b in loader] == [0, 4, 8, 12]  # full fresh epoch after reset
+    train = small(source, 4, train=True, with_index=True, seed=5)
+    ref = small(source, 4, train=True, with_index=True, seed=5)
+    next(iter(train))  # epoch 0 cut short after one batch
+    run_epoch(ref)  # epoch 0 read to its end
+    assert _same(run_epoch(train), run_epoch(ref))  # epoch 1 does not depend on how far epoch 0 went
 
 
 def test_train_views_are_random_and_eval_views_fixed(source):
@@ -169,10 +176,11 @@ def _same(a, b):
 
 def test_state_dict_resumes_exactly_mid_epoch(source):
     ref = small(source, 4, train=True, with_index=True, seed=7)
-    _collect(ref, 2)  # two batches into epoch 0
+    it = iter(ref)
+    next(it), next(it)  # two batches into epoch 0
     buf = io.BytesIO()
     torch.save(ref.state_dict(), buf)
-    expected = _collect(ref, 1) + run_epoch(ref) + run_epoch(ref)  # rest of epoch 0, epochs 1 and 2
+    expected = [tuple(t.clone() for t in b) for b in it] + run_epoch(ref) + run_epoch(ref)  # rest of 0, 1, 2
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
     resumed = small(source, 4, train=True, with_index=True, seed=7)
@@ -236,9 +244,11 @@ def test_cifar_train_epochs_and_resume(cifar):
     all_labels = np.concatenate([batches[f"data_batch_{i}"][1] for i in range(1, 6)])
     for _, lab, idx in e0:
         assert lab.tolist() == all_labels[idx.numpy()].tolist()
-    _collect(loader, 3)
+    it = iter(loader)
+    for _ in range(3):
+        next(it)
     state = loader.state_dict()
-    expected = run_epoch(loader) + run_epoch(loader)
+    expected = [tuple(t.clone() for t in b) for b in it] + run_epoch(loader)  # rest of epoch 1, epoch 2
     assert torch.cat([b[2] for b in expected[4:]]).tolist() != ids0[:28]  # epoch 2 reshuffled
     resumed = EventLoader(src, 4, train=True, **kw)
     resumed.load_state_dict(state)

@@ -23,7 +23,7 @@ def _worker(rank: int, world: int, port: int, folder: str, cifar: str, out: str)
     dist.init_process_group("gloo", rank=rank, world_size=world)
     try:
         from i2e_dali.data.sources import CifarSource, ImageFolderSource
-        from i2e_dali.data.event_loader import EventLoader
+        from loader_data import event_loader as EventLoader
 
         result = {}
         for name, src in (("folder", ImageFolderSource(folder)), ("cifar", CifarSource(cifar, train=True))):

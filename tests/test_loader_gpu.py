@@ -9,7 +9,7 @@ import torch
 
 from i2e_dali.data.sources import CifarSource, ImageFolderSource
 from i2e_dali.convert import i2e_convert
-from i2e_dali.data.event_loader import EventLoader
+from loader_data import event_loader as EventLoader
 from loader_data import make_folder, write_cifar
 
 pytestmark = pytest.mark.gpu

@@ -146,7 +146,7 @@ def test_export_fixed_threshold_round_trip(tmp_path):
 
     from loader_data import make_folder
 
-    from i2e_dali.data.event_loader import EventLoader
+    from loader_data import event_loader as EventLoader
     from i2e_dali.data.npz import load_events
     from i2e_dali.data.sources import ImageFolderSource
     from i2e_dali.tools.export import ExportConfig, ExportError, export
