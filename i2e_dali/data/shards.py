@@ -18,6 +18,7 @@ does) so each is a random subset of the data set.
 """
 from __future__ import annotations
 
+import contextlib
 import glob
 import json
 import os
@@ -38,6 +39,7 @@ __all__ = ["ShardSource", "MANIFEST", "CLASS_MAP", "expand_braces", "index_path_
 MANIFEST = "shards.npz"
 CLASS_MAP = "classes.json"
 FORMAT = "i2e-shard-manifest/1"
+_CULPRIT_LIMIT = 4096  # images searched for an undecodable one when DALI names none
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm", "jp2", "j2k")
 
 
@@ -352,8 +354,39 @@ class ShardSource:
         where = f"tar shard {named[0]}" if named else f"a tar shard of {self.root}"
         if member:
             where += f" (member {member.group(2)})"
+        elif not named:
+            found = self._find_culprits(message)
+            if found:
+                where = "; ".join(f"tar shard {shard} (member {name})" for shard, name in found[:10])
         return DatasetError(f"DALI could not read or decode {where}: {dali_error_detail(message)}\n"
                             f"Check the shards with `i2e-shard --verify {self.root}`; re-create damaged ones.")
+
+    def _find_culprits(self, message: str) -> list[tuple[str, str]]:
+        """(shard, member) of the images DALI cannot decode, found by decode_check's isolated search over the
+        members copied out to files; only for local sets up to _CULPRIT_LIMIT images (else: --verify)."""
+        from .decode_check import find_culprits
+
+        if len(self) > _CULPRIT_LIMIT or any(is_s3(s) for s in self._shards):
+            return []
+        tmp = tempfile.mkdtemp(prefix="i2e-wds-check-")
+        with contextlib.ExitStack() as stack:
+            stack.callback(shutil.rmtree, tmp, True)
+            files, handles = {}, {}
+            for i in range(len(self)):
+                shard = self._shards[int(self._shard_of[i])]
+                if shard not in handles:
+                    handles[shard] = stack.enter_context(open(shard, "rb"))
+                m = Member(self.member_name(i), int(self._offset[i]), int(self._size[i]))
+                path = os.path.join(tmp, f"{i}.{self._exts[self._ext[i]]}")
+                try:
+                    Path(path).write_bytes(read_member(handles[shard], m, shard))
+                except DatasetError:
+                    return [(shard, m.name)]
+                files[path] = (shard, m.name)
+            try:
+                return [files[p] for p, _ in find_culprits(list(files), "", num_threads=2) if p in files]
+            except RuntimeError:
+                return []
 
     def __repr__(self) -> str:
         return f"ShardSource({str(self.root)!r}, {len(self._shards)} shards, {len(self)} images, {len(self.classes)} classes)"
