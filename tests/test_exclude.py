@@ -144,8 +144,9 @@ def test_export_one_split_and_exclude_list(broken, tmp_path, capsys):
 
 
 def test_skip_bad_under_two_process_ddp(broken, tmp_path):
-    """torchrun, 2 gloo ranks: rank 0 checks once (the other waits, then reads the cached answer), both
-    ranks leave the same files out, and the all-reduced validation counts every usable image once."""
+    """torchrun, 2 gloo ranks: the check is spread over both ranks (each decodes its share, the shares are
+    merged), both ranks leave the same files out, and the all-reduced validation counts every usable image
+    once."""
     import subprocess
     import sys
 
@@ -159,7 +160,8 @@ def test_skip_bad_under_two_process_ddp(broken, tmp_path):
     r = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     log = (out / "train.log").read_text()
-    assert log.count("--skip-bad: 1 unusable file(s)") == 2  # train/ and val/, checked by rank 0 only
+    assert log.count("--skip-bad: 1 unusable file(s)") == 2  # train/ and val/, logged by rank 0 only
+    assert log.count("spread over 2 ranks") == 2
     m = metrics(out)
     assert len(m) == 1 and m[0]["val_count"] == 2 * 3 - 1 and m[0]["val_excluded"] == 1
     assert len(list((tmp_path / "cache" / "checks").iterdir())) == 2  # one cached answer per folder

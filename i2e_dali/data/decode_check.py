@@ -29,7 +29,7 @@ from .decode_pool import DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_TIME_LIMIT, D
 from .exclude import normalize_path
 from .sources import scan_image_folder
 
-__all__ = ["decode_check", "find_bad_files", "default_check_cache", "default_max_pixels", "find_culprits", "loader_error",
+__all__ = ["decode_check", "find_bad_files", "skip_bad_check", "default_check_cache", "default_max_pixels", "find_culprits", "loader_error",
            "is_infrastructure_error", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS"]
 
 _log = logging.getLogger("i2e_dali.data")
@@ -186,36 +186,156 @@ def _fingerprint(paths: Iterable[str], max_pixels: int | None = None) -> str:
     return h.hexdigest()
 
 
+class _FolderCheck:
+    """One split's scan, its cache entry and key (the file list, sizes, mtimes and the pixel limit)."""
+
+    def __init__(self, folder, cache_dir, limit, progress):
+        self.folder = Path(folder).expanduser()
+        self.limit = limit
+        self.scan = scan_image_folder(self.folder, progress=progress)
+        self.candidates = [p for p, _ in self.scan.samples]
+        listed = sorted(self.candidates + [str(p) for p in self.scan.bad_files])
+        self.key = _fingerprint(listed, limit)
+        cache = Path(cache_dir).expanduser() if cache_dir is not None else default_check_cache()
+        self.entry = cache / (hashlib.sha256(normalize_path(self.folder).encode()).hexdigest()[:24] + ".json")
+
+    def cached(self) -> list[tuple[str, str]] | None:
+        try:
+            cached = json.loads(self.entry.read_text())
+            if cached.get("key") == self.key and cached.get("folder") == normalize_path(self.folder):
+                return [(str(p), str(w)) for p, w in cached["bad"]]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            pass  # no cache yet, or an unreadable one: check again
+        return None
+
+    def listed_bad(self) -> list[tuple[str, str]]:
+        """What the scan refuses without decoding."""
+        bad = [(str(p), "not an image file (extension)") for p in self.scan.not_images]
+        return bad + [(str(p), "empty (zero-byte) or unreadable file") for p in self.scan.empty_files]
+
+    def store(self, bad, log) -> None:
+        try:
+            atomic_write_text(self.entry, json.dumps({"folder": normalize_path(self.folder), "key": self.key,
+                                                      "bad": [list(b) for b in bad]}))
+        except OSError as exc:  # a read-only home is no reason to stop: the check is just not reused
+            if log is not None:
+                log(f"could not cache the check in {self.entry} ({exc})")
+
+
 def find_bad_files(folder: str | os.PathLike, *, cache_dir: str | os.PathLike | None = None,
                    num_workers: int | None = None, progress: bool | None = None,
-                   log=None, max_pixels=_USE_DEFAULT) -> tuple[list[tuple[str, str]], bool]:
+                   log=None, max_pixels=_USE_DEFAULT, time_limit: float = DEFAULT_TIME_LIMIT,
+                   decode_fn=None) -> tuple[list[tuple[str, str]], bool]:
     """``([(path, reason), ...], from_cache)`` for one class-folder split: non-image and zero-byte files
     and every image that does not decode (whole and by the random-crop decoder) or declares more than
     ``max_pixels`` pixels. The answer is cached in ``cache_dir`` (default :func:`default_check_cache`)
     under the folder's real path and reused while no file was added, removed, resized or touched and
     the pixel limit is the same."""
-    folder = Path(folder).expanduser()
     limit = default_max_pixels() if max_pixels is _USE_DEFAULT else (max_pixels or None)
-    scan = scan_image_folder(folder, progress=progress)
-    candidates = [p for p, _ in scan.samples]
-    listed = sorted(candidates + [str(p) for p in scan.bad_files])
-    key = _fingerprint(listed, limit)
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else default_check_cache()
-    entry = cache / (hashlib.sha256(normalize_path(folder).encode()).hexdigest()[:24] + ".json")
-    try:
-        cached = json.loads(entry.read_text())
-        if cached.get("key") == key and cached.get("folder") == normalize_path(folder):
-            return [(str(p), str(w)) for p, w in cached["bad"]], True
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        pass  # no cache yet, or an unreadable one: check again
+    fc = _FolderCheck(folder, cache_dir, limit, progress)
+    hit = fc.cached()
+    if hit is not None:
+        return hit, True
     if log is not None:
-        log(f"checking {len(candidates)} images in {folder} for files DALI cannot decode (cached afterwards)")
-    bad = [(str(p), "not an image file (extension)") for p in scan.not_images]
-    bad += [(str(p), "empty (zero-byte) or unreadable file") for p in scan.empty_files]
-    bad += decode_check(candidates, num_threads=num_workers, progress=progress, max_pixels=limit)
-    try:
-        atomic_write_text(entry, json.dumps({"folder": normalize_path(folder), "key": key, "bad": bad}))
-    except OSError as exc:  # a read-only home is no reason to stop: the check is just not reused
-        if log is not None:
-            log(f"could not cache the check in {entry} ({exc})")
+        log(f"checking {len(fc.candidates)} images in {fc.folder} for files DALI cannot decode (cached afterwards)")
+    bad = fc.listed_bad() + decode_check(fc.candidates, num_threads=num_workers, progress=progress, max_pixels=limit,
+                                         time_limit=time_limit, decode_fn=decode_fn)
+    fc.store(bad, log)
     return bad, False
+
+
+# ------------------------------------------------------------------------------------------------
+# --skip-bad under torchrun: the check spread over the ranks
+# ------------------------------------------------------------------------------------------------
+CHECK_GROUP_TIMEOUT_S = 7 * 24 * 3600  # the check's own process group: a long check is no failure
+
+
+def skip_bad_check(root: str | os.PathLike, *, splits=("train", "val"), cache_dir=None, progress: bool | None = None,
+                   log=None, max_pixels=_USE_DEFAULT, time_limit: float = DEFAULT_TIME_LIMIT,
+                   decode_fn=None) -> list[str]:
+    """The paths ``--skip-bad`` leaves out of ``root/<split>`` (every split that exists), one answer on
+    every rank.
+
+    Without torch.distributed: :func:`find_bad_files` per split. Under it, every rank scans the split,
+    reads the cache, and unless every rank found a valid cached answer, decodes its own share
+    (``candidates[rank::world]``, with its share of the node's cores); the shares are merged with an
+    all-gather and every rank caches the merged answer (caches may be per node). The ranks meet in a gloo
+    group of their own whose timeout is :data:`CHECK_GROUP_TIMEOUT_S`, not the training group's (minutes):
+    however long the check on a large data set takes, no collective times out. A rank whose check fails
+    sends its error; every rank then raises it. ``log`` (rank 0's logger) gets one line per split;
+    ``time_limit`` and ``decode_fn`` as :func:`decode_check`'s."""
+    import torch.distributed as dist
+
+    from ..placement import cores_per_rank
+
+    limit = default_max_pixels() if max_pixels is _USE_DEFAULT else (max_pixels or None)
+    folders = [Path(root).expanduser() / s for s in splits if (Path(root).expanduser() / s).is_dir()]
+    ddp = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    found: list[str] = []
+    if not ddp:
+        for folder in folders:
+            bad, cached = find_bad_files(folder, cache_dir=cache_dir, progress=progress, log=log, max_pixels=limit,
+                                         time_limit=time_limit, decode_fn=decode_fn)
+            _report(log, folder, bad, cached)
+            found += [p for p, _ in bad]
+        return found
+    from datetime import timedelta
+
+    rank, world = dist.get_rank(), dist.get_world_size()
+    group = dist.new_group(backend="gloo", timeout=timedelta(seconds=CHECK_GROUP_TIMEOUT_S))
+    try:
+        for folder in folders:
+            bad, cached = _spread_one(folder, rank, world, group, cache_dir, limit, progress, log,
+                                      dict(num_threads=cores_per_rank(), time_limit=time_limit, decode_fn=decode_fn))
+            _report(log, folder, bad, cached)
+            found += [p for p, _ in bad]
+    finally:
+        dist.destroy_process_group(group)
+    return found
+
+
+def _gather(obj, world, group) -> list:
+    import torch.distributed as dist
+
+    out = [None] * world
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def _spread_one(folder, rank, world, group, cache_dir, limit, progress, log, check_kw):
+    status: tuple = ("ok", None)
+    fc = None
+    try:
+        fc = _FolderCheck(folder, cache_dir, limit, progress)
+        hit = fc.cached()
+    except Exception as exc:  # noqa: BLE001 - sent to every rank, raised there (no rank waits alone)
+        status, hit = ("error", f"{type(exc).__name__}: {exc}"), None
+    answers = _gather((status, hit is not None), world, group)
+    _raise_first(answers)
+    if all(h for _, h in answers):
+        return hit, True
+    if log is not None:
+        log(f"checking {len(fc.candidates)} images in {fc.folder} for files DALI cannot decode, spread over "
+            f"{world} ranks (cached afterwards)")
+    mine = fc.candidates[rank::world]
+    try:
+        part = decode_check(mine, progress=progress, max_pixels=limit, **check_kw)
+    except Exception as exc:  # noqa: BLE001 - as above
+        status, part = ("error", f"rank {rank}: {type(exc).__name__}: {exc}"), []
+    parts = _gather((status, part), world, group)
+    _raise_first(parts)
+    reasons = dict(p for _, share in parts for p in share)
+    bad = fc.listed_bad() + [(p, reasons[p]) for p in fc.candidates if p in reasons]
+    fc.store(bad, log)
+    return bad, False
+
+
+def _raise_first(answers) -> None:
+    for (kind, detail), _ in answers:
+        if kind == "error":
+            raise RuntimeError(f"the --skip-bad check failed: {detail}")
+
+
+def _report(log, folder, bad, cached) -> None:
+    if log is not None:
+        log(f"--skip-bad: {len(bad)} unusable file(s) in {folder}{' (cached check)' if cached else ''}")

@@ -72,32 +72,14 @@ def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
     if kind not in ("imagenet", "folder", "demo"):
         flag = "--exclude-list" if listed else "--skip-bad"
         raise TrainError(f"{flag} applies to image-folder data sets (ImageNet layout), not --dataset {args.dataset}")
-    from ..data.decode_check import find_bad_files
+    from ..data.decode_check import skip_bad_check
     from ..data.exclude import ExcludeList, read_exclude_list
 
     excl = read_exclude_list(listed) if listed else ExcludeList([], "")
     if skip:
-        # rank 0 checks (and caches); the other ranks wait, then read the cached answer. Rank 0 reaches the
-        # barrier even when its check fails, so the others do not hang (they then check, and fail, alike).
-        # The wait is bounded by the process group's timeout: on a huge folder run `i2e-check ROOT --list
-        # FILE` once beforehand and pass --exclude-list FILE (README, "Damaged data").
-        ddp = torch.distributed.is_available() and torch.distributed.is_initialized()
-        if ddp and not rt.is_main:
-            torch.distributed.barrier()
-        found = []
-        try:
-            for split in ("train", "val"):
-                folder = Path(root).expanduser() / split
-                if folder.is_dir():
-                    bad, cached = find_bad_files(folder, progress=rt.is_main and args.progress,
-                                                 log=log.info if rt.is_main else None)
-                    if rt.is_main:
-                        log.info("--skip-bad: %d unusable file(s) in %s%s", len(bad), folder,
-                                 " (cached check)" if cached else "")
-                    found += [p for p, _ in bad]
-        finally:
-            if ddp and rt.is_main:
-                torch.distributed.barrier()
+        # every rank checks its share and the shares are merged, in a process group of the check's own
+        # whose timeout no large data set reaches (data/decode_check.skip_bad_check)
+        found = skip_bad_check(root, progress=rt.is_main and args.progress, log=log.info if rt.is_main else None)
         checked = ExcludeList(found, "the --skip-bad check")
         excl = excl + checked if listed else checked
     return dict(exclude=excl)
