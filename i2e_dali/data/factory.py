@@ -26,7 +26,7 @@ log = logging.getLogger("i2e_dali.data")
 
 # Options the image (EventLoader) kinds take besides the common ones; the frame kinds' options.
 _VIEW_OPTIONS = ("aug", "eval_view", "crop_size", "resize_size", "out_size")
-_FRAME_OPTIONS = ("flip", "prefetch_factor")
+_FRAME_OPTIONS = ("flip", "prefetch_factor", "timesteps")
 IMAGE_KINDS = ("imagenet", "folder", "cifar10", "cifar100", "mnist", "fashionmnist", "caltech101", "caltech256",
                "mini-imagenet", "demo")
 FRAME_KINDS = ("i2e-npz", "i2e-parquet", "cifar10-dvs")
@@ -55,7 +55,7 @@ def make_loader(data, split: str, batch_size: int, *, dataset: str | None = None
         train: None = ``split == "train"``; False on "train" reads the training images with the evaluation
             view (no shuffling, no random motions).
         conversion: ``Conversion`` / ``I2E`` (image kinds; ``ratio=None`` is the kind's paper default). Event
-            kinds take only its ``dtype`` and ``timesteps`` (which stored frames to use).
+            kinds take only its ``dtype``; their ``timesteps=`` option picks the stored frames (None: all).
         dali: ``DaliOptions`` (image kinds). workers: DALI threads (image kinds) or DataLoader worker
             processes (event kinds); None = this rank's share of the cores.
         device, seed, shard_id, num_shards, with_index, mix: as for ``EventLoader`` (``mix``: image kinds).
@@ -65,7 +65,7 @@ def make_loader(data, split: str, batch_size: int, *, dataset: str | None = None
             ``cache_dir`` / ``split`` / ``polarity`` / ``binarize`` ...).
         progress: progress bars while a source is scanned or cached.
         **options: view options of image kinds (aug, eval_view, crop_size, resize_size, out_size) or
-            FrameLoader options of event kinds (flip, prefetch_factor).
+            FrameLoader options of event kinds (flip, prefetch_factor, timesteps).
     """
     if split not in ("train", "val"):
         raise ConfigError(f"split must be 'train' or 'val', got {split!r}")
@@ -158,9 +158,8 @@ def _frame_loader(data, split, batch_size, *, train, options):
     for name in ("mix", "dali"):
         if options[name] is not None:
             raise ConfigError(f"{name}= applies to image data sets; dataset={kind!r} holds precomputed events")
-    given = options["conversion"]
-    conv = Conversion.coerce(given)
-    timesteps = conv.timesteps if given is not None else None
+    conv = Conversion.coerce(options["conversion"])
+    timesteps = options.get("timesteps")
     root = _existing(data)
     src = options["source_options"]
     if kind == "i2e-npz":
@@ -176,7 +175,7 @@ def _frame_loader(data, split, batch_size, *, train, options):
 
         src.setdefault("progress", options["progress"])
         src.setdefault("workers", options["workers"])
-        sets = open_dvs_splits(root, timesteps=conv.timesteps, seed=options["seed"], **src)
+        sets = open_dvs_splits(root, timesteps=timesteps or 8, seed=options["seed"], **src)
     dataset = sets[0] if split == "train" else sets[1]
     flip = options.get("flip")
     return FrameLoader(dataset, batch_size, train=train, dtype=conv.dtype, device=options["device"],
