@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import i2e_dali.training.engine as engine
+from i2e_dali.training.config_file import load_config
 from i2e_dali.training.recipes import RECIPES
 from i2e_dali.training.run import main
 
@@ -57,7 +58,7 @@ def test_every_recipe_runs_one_epoch(name, datasets, runs):
     out = _run(name, datasets, runs)
     m = metrics(out)
     assert [r["epoch"] for r in m] == [1] and m[0]["val_count"] > 0
-    config = json.loads((out / "config.json").read_text())
+    config = load_config(out / "config.yaml").flat()  # the file a run writes, resolved again
     tiny = {"epochs": 1, "batch_size": 2, "width": 4, "timesteps": 2, "size": 16}
     for key, value in RECIPES[name].settings.items():
         if key in tiny:

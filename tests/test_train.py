@@ -2,6 +2,8 @@
 the checkpoint format (atomic, weights-only) and RNG state round trips."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import copy
 import os
 import random
@@ -14,10 +16,10 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 
-from i2e_dali.errors import CheckpointError, TrainError
+from i2e_dali.errors import CheckpointError, ConfigError, TrainError
 from i2e_dali.models import build_model
 from i2e_dali.training.checkpoint import CKPT_FORMAT, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from i2e_dali.training.config import build_parser, resolve_config
+from i2e_dali.training.cli import build_parser, parse_config
 from i2e_dali.training.engine import evaluate, make_train_step, param_groups
 from i2e_dali.training.run import main
 
@@ -25,7 +27,8 @@ from train_helpers import ddp_evaluate_worker
 
 
 def cfg(*argv):
-    return resolve_config(build_parser().parse_args(list(argv)))
+    """The resolved settings of a command line, by flag destination (``--data`` is ``root``)."""
+    return SimpleNamespace(**parse_config(list(argv)).flat())
 
 
 # ------------------------------------------------------------------------------------------------
@@ -61,7 +64,7 @@ def test_preset_and_user_flags():
     (["--data", "/x", "--stop-after-epoch", "500"], "--stop-after-epoch"),
 ])
 def test_bad_configuration(argv, match):
-    with pytest.raises(TrainError, match=match):
+    with pytest.raises(ConfigError, match=match):
         cfg(*argv)
 
 

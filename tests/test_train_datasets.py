@@ -3,12 +3,12 @@ CIFAR10-DVS recordings (jAER AEDAT 2.0), including the sim-to-real path: pre-tra
 fine-tune on DVS recordings with --pretrained and --preset dvs-finetune."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+import yaml
 
 from i2e_dali.training.run import main
 
@@ -72,7 +72,7 @@ def test_i2e_npz_then_finetune_on_cifar10_dvs(tmp_path):
     m = metrics(ft)
     assert m[0]["val_count"] == 2  # 10 % of 10 recordings per class
     assert m[0]["train_lr"] <= 0.001
-    cfg = json.loads((ft / "config.json").read_text())
+    cfg = yaml.safe_load((ft / "config.yaml").read_text())["optim"]
     assert (cfg["lr"], cfg["weight_decay"], cfg["batch_size"]) == (0.001, 0.0, 2)
     log = (ft / "train.log").read_text()
     assert "loaded weights from" in log and "re-initialised" not in log  # 2 -> 2 classes: head kept

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from i2e_dali.training.run import main
 
@@ -45,7 +46,7 @@ def _assert_same_run(a: dict, b: dict):
 
 def test_reference_run_writes_everything(reference):
     files = {p.name for p in reference.iterdir()}
-    assert {"last.pt", "best.pt", "metrics.jsonl", "train.log", "config.json"} <= files
+    assert {"last.pt", "best.pt", "metrics.jsonl", "train.log", "config.yaml"} <= files
     assert not [f for f in files if f.endswith(".tmp")]
     m = metrics(reference)
     assert [r["epoch"] for r in m] == [1, 2]
@@ -112,7 +113,7 @@ def test_two_process_ddp_on_cpu(data4, tmp_path):
            str(REPO / "train_dali.py"), *tiny_args(data4, out, epochs=1, batch=4)]
     r = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=240)
     assert r.returncode == 0, r.stderr[-3000:]
-    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.json", "last.pt", "metrics.jsonl", "train.log"]
+    assert sorted(p.name for p in out.iterdir()) == ["best.pt", "config.yaml", "last.pt", "metrics.jsonl", "train.log"]
     m = metrics(out)
     assert len(m) == 1  # one writer
     assert m[0]["val_count"] == 12 and m[0]["train_steps"] == 4  # 32 images / (2 ranks x 4)
@@ -135,8 +136,8 @@ def test_evaluate_pretrained_and_mismatches(data4, reference, tmp_path, capsys):
     out = tmp_path / "ft"
     main(tiny_args(data3, out, "--pretrained", str(reference / "last.pt"), "--preset", "dvs-finetune", epochs=1))
     assert "classifier re-initialised: checkpoint has 4 classes, model needs 3" in (out / "train.log").read_text()
-    cfg = json.loads((out / "config.json").read_text())
-    assert (cfg["lr"], cfg["weight_decay"]) == (0.001, 0.0)
+    cfg = yaml.safe_load((out / "config.yaml").read_text())
+    assert (cfg["optim"]["lr"], cfg["optim"]["weight_decay"], cfg["preset"]) == (0.001, 0.0, "dvs-finetune")
 
     # resuming it on the wrong data or model says what differs
     with pytest.raises(SystemExit):

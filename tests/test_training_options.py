@@ -3,6 +3,8 @@ the user's flags, schedules (warm-up, cosine, step) from torch's schedulers, Cut
 random temporal deletion, soft-target loss with true-label accuracy, and the option checks."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import math
 
 import pytest
@@ -10,9 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch.optim.lr_scheduler import CosineAnnealingLR, SequentialLR
 
-from i2e_dali.errors import CheckpointError, TrainError
+from i2e_dali.errors import CheckpointError, ConfigError
 from i2e_dali.models import build_model
-from i2e_dali.training.config import build_parser, resolve_config
+from i2e_dali.training.cli import build_parser, parse_config
 from i2e_dali.training.engine import make_train_step
 from i2e_dali.training.mixing import BatchMixer, mixing_active, temporal_subset
 from i2e_dali.training.recipes import RECIPES, recipe_table
@@ -20,7 +22,8 @@ from i2e_dali.training.schedule import build_scheduler, check_schedule, stretch_
 
 
 def cfg(*argv):
-    return resolve_config(build_parser().parse_args(list(argv)))
+    """The resolved settings of a command line, by flag destination (``--data`` is ``root``)."""
+    return SimpleNamespace(**parse_config(list(argv)).flat())
 
 
 def _recipe_argv(name, *extra):
@@ -75,10 +78,10 @@ def test_user_flags_win_over_the_recipe():
 
 
 def test_transfer_recipe_needs_weights_and_names_the_pretraining(capsys):
-    with pytest.raises(TrainError, match="--recipe cifar10-baseline2") as e:
+    with pytest.raises(ConfigError, match="--recipe cifar10-baseline2") as e:
         cfg("--recipe", "cifar10dvs-transfer2", "--data", "/x")
     assert "--pretrained runs/cifar10-baseline2/best.pt" in str(e.value)
-    with pytest.raises(TrainError, match="not known"):
+    with pytest.raises(ConfigError, match="not known"):
         cfg("--recipe", "imagenet-transfer1", "--data", "/x")
 
 
@@ -109,7 +112,7 @@ def test_list_recipes_prints_every_row(capsys):
     (["--sched", "step", "--decay-rate", "0"], "--decay-rate"),
 ])
 def test_bad_option_values(argv, match):
-    with pytest.raises(TrainError, match=match):
+    with pytest.raises(ConfigError, match=match):
         cfg("--data", "/x", *argv)
 
 
@@ -188,11 +191,14 @@ def test_schedule_state_round_trip_and_stretch():
 
 
 def test_resume_refuses_another_schedule():
-    args = cfg("--data", "/x", "--sched", "step")
+    mine = dict(sched="step", warmup_epochs=0)
     with pytest.raises(CheckpointError, match="--sched cosine"):
-        check_schedule({"sched": "cosine", "warmup_epochs": 0}, args, "last.pt")
-    check_schedule({"sched": "step", "warmup_epochs": 0}, args, "last.pt")
-    check_schedule({}, cfg("--data", "/x"), "old.pt")  # checkpoints from before these flags: cosine, no warm-up
+        check_schedule({"sched": "cosine", "warmup_epochs": 0}, **mine, source="last.pt")  # flat: before TrainConfig
+    with pytest.raises(CheckpointError, match="--sched cosine"):
+        check_schedule({"optim": {"sched": "cosine", "warmup_epochs": 0}}, **mine, source="last.pt")
+    check_schedule({"sched": "step", "warmup_epochs": 0}, **mine, source="last.pt")
+    check_schedule({"optim": {"sched": "step", "warmup_epochs": 0}}, **mine, source="last.pt")
+    check_schedule({}, sched="cosine", warmup_epochs=0, source="old.pt")  # from before these flags: cosine, no warm-up
 
 
 # ------------------------------------------------------------------------------------------------

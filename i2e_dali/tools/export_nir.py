@@ -236,13 +236,14 @@ def main(argv=None) -> int:
     args = _parse_args(argv)
     from ..errors import I2EError
     from ..training.checkpoint import load_checkpoint, load_state_into
+    from ..training.config import saved_setting
     from ..zoo import build_any
 
     try:
         ckpt = load_checkpoint(args.checkpoint)
         cfg = ckpt.get("config") or {}
-        size = args.size or cfg.get("size")
-        T = args.timesteps or ckpt.get("timesteps") or cfg.get("timesteps") or 8
+        size = args.size or saved_setting(cfg, "size")
+        T = args.timesteps or ckpt.get("timesteps") or saved_setting(cfg, "timesteps") or 8
         if not size:
             raise ExportError(f"{args.checkpoint} does not record an input size; pass --size")
         model = build_any(ckpt["arch"], ckpt["num_classes"], width=ckpt.get("width"), size=size, timesteps=T)

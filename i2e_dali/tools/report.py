@@ -14,6 +14,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 __all__ = ["main", "report_for_checkpoint"]
 
@@ -37,32 +38,31 @@ def _parse_args(argv):
     return p.parse_args(argv)
 
 
-def _trainer_args(ckpt: dict, args) -> argparse.Namespace:
-    """The trainer's settings for this checkpoint's evaluation view: its stored config, with this CLI's overrides."""
-    from ..training.config import build_parser, resolve_config
+def _trainer_config(ckpt: dict, args):
+    """The trainer's settings for this checkpoint's evaluation view: its stored config (nested, or flat from
+    before TrainConfig), with this CLI's overrides."""
+    from ..training.config import TrainConfig, nest, saved_setting
 
-    ns = build_parser().parse_args([])
-    saved = dict(ckpt.get("config") or {})
-    for key, value in saved.items():
-        if hasattr(ns, key):
-            setattr(ns, key, value)
-    ns.arch = ckpt.get("arch", ns.arch)
-    ns.width = ckpt.get("width", ns.width)
-    ns.dataset = args.dataset or saved.get("dataset") or ckpt.get("dataset")
+    stored = ckpt.get("config") or {}
+    saved = nest(stored)
+    data, model, run = (saved.setdefault(k, {}) for k in ("data", "model", "run"))
+    model["arch"] = ckpt.get("arch", model.get("arch", "msresnet18"))
+    if ckpt.get("width") is not None:
+        model["width"] = ckpt["width"]
+    model["pretrained"] = None
+    data["dataset"] = args.dataset or saved_setting(stored, "dataset") or ckpt.get("dataset")
     if args.data is not None:
-        ns.data = args.data
-    elif ns.dataset == "demo":
-        ns.data = None
-    if args.demo_dir is not None:
-        ns.demo_dir = args.demo_dir
+        data["root"] = args.data
+    elif data["dataset"] == "demo":
+        data["root"] = None
+    for key, value in (("demo_dir", args.demo_dir), ("workers", args.workers)):
+        if value is not None:
+            data[key] = value
     if args.batch_size is not None:
-        ns.batch_size = args.batch_size
-    if args.workers is not None:
-        ns.workers = args.workers
-    ns.device, ns.evaluate, ns.resume, ns.pretrained, ns.report = args.device, True, None, None, None
-    ns.progress, ns.tensorboard, ns.report_batches = False, False, None
-    ns.output_dir = str(args.out or args.checkpoint.parent)
-    return resolve_config(ns)
+        saved.setdefault("optim", {})["batch_size"] = args.batch_size
+    run.update(device=args.device, evaluate=True, resume=None, report=None, progress=False, tensorboard=False,
+               report_batches=None, output_dir=str(args.out or args.checkpoint.parent))
+    return TrainConfig.from_dict(saved, source=f"{args.checkpoint} (its stored config)")
 
 
 def report_for_checkpoint(checkpoint, *, data=None, dataset=None, batches: int | None = 16, batch_size=None,
@@ -78,17 +78,17 @@ def report_for_checkpoint(checkpoint, *, data=None, dataset=None, batches: int |
     args = argparse.Namespace(checkpoint=Path(checkpoint), data=data, dataset=dataset, batches=batches,
                               batch_size=batch_size, out=out, device=device, workers=workers, demo_dir=demo_dir)
     ckpt = load_checkpoint(args.checkpoint)
-    targs = _trainer_args(ckpt, args)
-    rt = init_runtime(targs.device)
-    _, val = build_loaders(targs, rt, need_train=False)
+    targs = _trainer_config(ckpt, args)
+    rt = init_runtime(targs.run.device)
+    _, val = build_loaders(SimpleNamespace(**targs.flat(), data=targs.data.root), rt, need_train=False)
     if val.num_classes != ckpt.get("num_classes"):
         raise ValueError(f"{checkpoint} has {ckpt.get('num_classes')} classes, the data set {val.num_classes}")
     model = model_for(targs, ckpt["num_classes"])  # the run's own builder: --input rgb|v stems included
     load_state_into(model, ckpt["model"], source=str(checkpoint))
     model.to(rt.device)
     report = measure_energy(model, val, max_batches=batches or None, ann_in_channels=ann_in_channels,
-                            encoding=targs.dataset != "cifar10-dvs")
-    report["checkpoint"] = {"path": str(checkpoint), "epoch": ckpt.get("epoch"), "dataset": targs.dataset,
+                            encoding=targs.data.dataset != "cifar10-dvs")
+    report["checkpoint"] = {"path": str(checkpoint), "epoch": ckpt.get("epoch"), "dataset": targs.data.dataset,
                             "best_top1": ckpt.get("best_top1")}
     out_dir = Path(out) if out is not None else Path(checkpoint).parent / "report"
     return report, write_report(report, out_dir)

@@ -21,9 +21,9 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
     "check_compatible",
+    "saved_setting",
     "rng_state",
     "set_rng_state",
-    "plain_config",
     "extract_state_dict",
     "load_pretrained",
     "load_state_into",
@@ -124,25 +124,30 @@ def set_rng_state(state: dict, device: torch.device) -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
-def plain_config(value):
-    """Config values reduced to what weights_only loading accepts."""
-    if isinstance(value, (str, int, float, bool)) or value is None:
-        return value
-    if isinstance(value, (list, tuple)):
-        return [plain_config(v) for v in value]
-    return str(value)
+def saved_setting(saved: dict | None, name: str, default=None):
+    """One setting from a checkpoint's stored config by its flat name (``lr``, ``root``): nested in a
+    section (TrainConfig.to_dict) or, in checkpoints from before TrainConfig, flat (``--data`` was ``data``)."""
+    saved = saved or {}
+    for section in ("data", "model", "optim", "run"):
+        part = saved.get(section)
+        if isinstance(part, dict) and name in part:
+            return part[name]
+    if any(isinstance(saved.get(s), dict) for s in ("data", "model", "optim", "run")):
+        return saved.get(name, default) if name in ("recipe", "preset") else default
+    return saved.get("data" if name == "root" else name, default)
 
 
-def check_compatible(ckpt: dict, args, num_classes: int, class_names: list[str], source: str) -> None:
+def check_compatible(ckpt: dict, *, arch: str, width: int, dataset: str, num_classes: int, class_names: list[str],
+                     source: str) -> None:
     """Refuse a checkpoint of another model, width, data set or class list, saying what differs."""
     _fields_ok(ckpt, source, required=True)  # a resume restores every field: all must be there and sound
     problems = []
-    if ckpt.get("arch") != args.arch:
-        problems.append(f"architecture {ckpt.get('arch')} (this run: --arch {args.arch})")
-    if ckpt.get("width") != args.width:
-        problems.append(f"width {ckpt.get('width')} (this run: --width {args.width})")
-    if ckpt.get("dataset") != args.dataset:
-        problems.append(f"data set {ckpt.get('dataset')} (this run: --dataset {args.dataset})")
+    if ckpt.get("arch") != arch:
+        problems.append(f"architecture {ckpt.get('arch')} (this run: --arch {arch})")
+    if ckpt.get("width") != width:
+        problems.append(f"width {ckpt.get('width')} (this run: --width {width})")
+    if ckpt.get("dataset") != dataset:
+        problems.append(f"data set {ckpt.get('dataset')} (this run: --dataset {dataset})")
     if ckpt.get("num_classes") != num_classes:
         problems.append(f"{ckpt.get('num_classes')} classes (this data set has {num_classes})")
     elif class_names and ckpt.get("class_names") and list(ckpt["class_names"]) != list(class_names):
@@ -201,12 +206,12 @@ def load_pretrained(model: nn.Module, path, *, num_classes: int | None = None, s
     different size (fine-tuning, e.g. I2E-CIFAR10 -> CIFAR10-DVS with the same 10 classes is fine, but
     ImageNet -> CIFAR10 is not), ``fc`` is re-initialised for ``num_classes`` and only the backbone is
     loaded. Returns notes describing what was adapted. Raises :class:`CheckpointError` when the
-    checkpoint belongs to another architecture or width, and FileNotFoundError when it is missing.
+    checkpoint belongs to another architecture or width, or is missing.
     Loading uses ``torch.load(weights_only=True)``: no code from the file is executed.
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"pretrained weights not found: {path}")
+        raise CheckpointError(f"pretrained weights not found: {path}")
     try:
         # numpy scalars/dtypes (e.g. a stored accuracy) are data, not code: allowed besides tensors
         with torch.serialization.safe_globals(_numpy_safe_globals()):

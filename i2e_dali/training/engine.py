@@ -24,7 +24,8 @@ from tqdm import tqdm
 from ..errors import TrainError
 from ..energy import SpikeRateMeter
 from ..models import unwrap
-from .checkpoint import CKPT_FORMAT, load_state_into, plain_config, rng_state, save_checkpoint, set_rng_state
+from .checkpoint import CKPT_FORMAT, load_state_into, rng_state, save_checkpoint, set_rng_state
+from .config import TrainConfig
 from .epoch_pass import EpochPass as _EpochPass
 from .runtime import gather
 
@@ -189,9 +190,10 @@ class TrainState:
 class Trainer:
     """Holds the pieces of one run; ``fit()`` runs epochs, ``save()`` writes the one checkpoint format."""
 
-    def __init__(self, args, rt, model, optimizer, scheduler, scaler, amp_dtype, train_loader, val_loader,
-                 steps_per_epoch, output_dir: Path, writer=None):
-        self.args, self.rt = args, rt
+    def __init__(self, config: TrainConfig, rt, model, optimizer, scheduler, scaler, amp_dtype, train_loader,
+                 val_loader, steps_per_epoch, output_dir: Path, writer=None):
+        self.config, self.rt = config, rt
+        optim = config.optim
         self.model, self.optimizer, self.scheduler, self.scaler = model, optimizer, scheduler, scaler
         self.amp_dtype = amp_dtype
         self.train_loader, self.val_loader = train_loader, val_loader
@@ -200,7 +202,7 @@ class Trainer:
         self.writer = writer
         self.state = TrainState()
         self.step_fn = make_train_step(model, optimizer, scaler=scaler, amp_dtype=amp_dtype,
-                                       label_smoothing=args.label_smoothing, channels_last=args.channels_last)
+                                       label_smoothing=optim.label_smoothing, channels_last=optim.channels_last)
         self._replay = 0  # batches to skip at the next epoch start (resume with a stateless loader)
         self._loader_restored = False  # the loader's own state was restored (it continues mid-epoch)
         self._epoch_loss_sum = 0.0  # this rank's loss sum / steps of the current epoch, kept across a resume
@@ -208,15 +210,15 @@ class Trainer:
         self._epoch_hits = 0  # this rank's top-1 hits on the true labels, same life as the loss sum
         # --mixup: on the images before conversion where the loader converts (EventLoader.mix), else on the
         # frames here; --t-train K: K random timesteps per batch (training/mixing.py)
-        self.t_train = int(args.t_train or 0)
+        self.t_train = int(optim.t_train or 0)
         self.mixer = None
         self._mix_frames = False
         self._temporal_subset = None
-        if self.t_train or args.mixup:  # torchvision's v2 transforms load only when these options are on
+        if self.t_train or optim.mixup:  # torchvision's v2 transforms load only when these options are on
             from .mixing import BatchMixer, mixing_active, temporal_subset
 
             self._temporal_subset, self._mixing_active = temporal_subset, mixing_active
-        if args.mixup:
+        if optim.mixup:
             self.mixer = BatchMixer(train_loader.num_classes)
             if hasattr(train_loader, "mix"):
                 train_loader.mix = self.mixer
@@ -241,8 +243,8 @@ class Trainer:
             "width": net.width,
             "num_classes": net.num_classes,
             "class_names": list(getattr(self.train_loader, "class_names", []) or []),
-            "dataset": self.args.dataset,
-            "timesteps": self.args.timesteps,
+            "dataset": self.config.data.dataset,
+            "timesteps": self.config.data.timesteps,
             "model": net.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -254,7 +256,7 @@ class Trainer:
             "best_top1": s.best_top1,
             "world_size": self.rt.world_size,
             "ranks": ranks,
-            "config": {k: plain_config(v) for k, v in vars(self.args).items()},
+            "config": self.config.to_dict(),  # plain values: loadable with weights_only=True
             "saved_at": time.time(),
         }
 
@@ -313,7 +315,7 @@ class Trainer:
                 loss = self._train_step(ep, events, labels, soft)
                 s.step_in_epoch = i + 1
                 ep.timer.step_done()
-                if ep.timer.window_full(self.args.log_every) or i + 1 == n:
+                if ep.timer.window_full(self.config.run.log_every) or i + 1 == n:
                     self._log_window(ep, loss)
                 self._maybe_checkpoint(ep, i)
                 self._at_step_boundary()
@@ -325,10 +327,10 @@ class Trainer:
     def _begin_epoch(self) -> _EpochPass:
         """Train mode, the mixing switch of this epoch, the loader's iterator (past the batches a resume
         replays), and this epoch's running sums (carried over from a mid-epoch checkpoint)."""
-        args, rt, s = self.args, self.rt, self.state
+        cfg, rt, s = self.config, self.rt, self.state
         self.model.train()
         if self.mixer is not None:
-            self.mixer.active = self._mixing_active(s.epoch, args.epochs)
+            self.mixer.active = self._mixing_active(s.epoch, cfg.optim.epochs)
         start = s.step_in_epoch
         # batches this pass of the loader will yield: a loader restored mid-epoch yields the rest of that
         # epoch; otherwise a full epoch, whose first `start` batches are skipped when replaying
@@ -337,8 +339,8 @@ class Trainer:
         it = iter(self.train_loader)
         consumed = self._replay_consumed(it)
         self._loader_restored = False
-        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {s.epoch + 1}/{args.epochs}",
-                   unit="batch", disable=not (rt.is_main and args.progress), dynamic_ncols=True, leave=False)
+        bar = tqdm(total=self.steps_per_epoch, initial=start, desc=f"epoch {s.epoch + 1}/{cfg.optim.epochs}",
+                   unit="batch", disable=not (rt.is_main and cfg.run.progress), dynamic_ncols=True, leave=False)
         loss_sum = torch.full((), self._epoch_loss_sum, dtype=torch.float64, device=rt.device)
         hits = getattr(self.step_fn, "hits", None)
         if hasattr(self.step_fn, "hits"):
@@ -393,7 +395,7 @@ class Trainer:
         if rt.is_main:
             loss_now = loss.item()
             busy = max(win.win_wait + win.win_compute, 1e-9)
-            ips = win.win_steps * self.args.batch_size * rt.world_size / busy
+            ips = win.win_steps * self.config.optim.batch_size * rt.world_size / busy
             ep.bar.set_postfix(loss=f"{loss_now:.3f}", lr=f"{lr:.2e}", img_s=f"{ips:.0f}",
                                wait=f"{100 * win.win_wait / busy:.0f}%")
             if self.writer is not None:
@@ -408,7 +410,7 @@ class Trainer:
 
     def _maybe_checkpoint(self, ep: _EpochPass, i: int) -> None:
         """last.pt every --ckpt-every steps (not on an epoch's last step: the epoch end saves it)."""
-        every = self.args.ckpt_every
+        every = self.config.run.ckpt_every
         if every and self.state.global_step % every == 0 and i + 1 < self.steps_per_epoch:
             self._epoch_loss_sum, self._epoch_steps = ep.loss_sum.item(), ep.prior_steps + ep.steps
             self._epoch_hits = int(self.step_fn.hits.item()) if ep.hits is not None else 0
@@ -443,14 +445,14 @@ class Trainer:
                 dist.all_reduce(hits)
         done = ep.prior_steps + ep.steps
         mean_loss = ep.loss_sum.item() / max(done * rt.world_size, 1)
-        seen = max(done * rt.world_size * self.args.batch_size, 1)
+        seen = max(done * rt.world_size * self.config.optim.batch_size, 1)
         train_top1 = 100.0 * hits.item() / seen if hits is not None else float("nan")
         self._epoch_loss_sum, self._epoch_steps, self._epoch_hits = 0.0, 0, 0
         wait_s, compute_s = timer.wait_s, timer.compute_s
         return {
             "loss": mean_loss,
             "steps": ep.steps,
-            "img_per_s": ep.steps * self.args.batch_size * rt.world_size / max(elapsed, 1e-9),
+            "img_per_s": ep.steps * self.config.optim.batch_size * rt.world_size / max(elapsed, 1e-9),
             "data_wait_s": wait_s,
             "compute_s": compute_s,
             "data_wait_fraction": wait_s / max(wait_s + compute_s, 1e-9),
@@ -459,15 +461,17 @@ class Trainer:
             "mixing": bool(self.mixer is not None and self.mixer.active),
         }
 
-    def fit(self) -> dict | None:
-        args, s = self.args, self.state
-        last_epoch = args.stop_after_epoch or args.epochs
-        result = None
+    def fit(self) -> list[dict]:
+        """Epochs until --stop-after-epoch or --epochs are done; returns this call's per-epoch metrics rows
+        (what metrics.jsonl gets), empty when the checkpoint had already finished them."""
+        cfg, s = self.config, self.state
+        last_epoch = cfg.run.stop_after_epoch or cfg.optim.epochs
+        history: list[dict] = []
         while s.epoch < last_epoch:
             t0 = time.perf_counter()
             train_stats = self.train_one_epoch()
-            val = evaluate(self.model, self.val_loader, amp_dtype=self.amp_dtype, channels_last=args.channels_last,
-                           progress=self.rt.is_main and args.progress, desc=f"val {s.epoch + 1}",
+            val = evaluate(self.model, self.val_loader, amp_dtype=self.amp_dtype, channels_last=cfg.optim.channels_last,
+                           progress=self.rt.is_main and cfg.run.progress, desc=f"val {s.epoch + 1}",
                            firing_rates=self.rt.is_main)
             s.epoch += 1
             s.step_in_epoch = 0
@@ -485,12 +489,13 @@ class Trainer:
             }
             if self.rt.is_main:
                 self._report_epoch(result)
-        return result
+            history.append(result)
+        return history
 
     def _report_epoch(self, r: dict) -> None:
         log.info(
             "epoch %d/%d: val top-1 %.2f%% top-5 %.2f%% loss %.4f (%d images%s) | train loss %.4f, %.0f img/s, "
-            "data wait %.1f%% | best %.2f%%", r["epoch"], self.args.epochs, r["val_top1"], r["val_top5"],
+            "data wait %.1f%% | best %.2f%%", r["epoch"], self.config.optim.epochs, r["val_top1"], r["val_top5"],
             r["val_loss"], r["val_count"], _excluded_note(r.get("val_excluded")), r["train_loss"],
             r["train_img_per_s"], 100 * r["train_data_wait_fraction"], r["best_top1"],
         )

@@ -57,21 +57,23 @@ def init_runtime(device: str) -> Runtime:
     return Runtime(dev, rank, world, local_rank)
 
 
-def configure_cpu_threads(args, rt: Runtime) -> None:
-    """On the CPU, split the cores between DALI's threads and torch's instead of both taking all of them.
+def configure_cpu_threads(workers: int | None, threads: int | None, rt: Runtime) -> int | None:
+    """On the CPU, split the cores between DALI's threads and torch's instead of both taking all of them;
+    returns the loader threads to use (``workers`` as given on a GPU).
 
     Oversubscribed OpenMP threads spin: measured here (2 cores), a training step cost 10x the CPU time
     with 2 torch threads next to a busy DALI pipeline than with 1. Data and compute then run side by
     side on their own cores (DALI prefetches while torch computes).
     """
     if rt.device.type != "cpu":
-        return
+        return workers
     cores = cores_per_rank()
-    if args.workers is None:
-        args.workers = max(1, cores // 4)
-    threads = args.threads or max(1, cores - args.workers)
+    if workers is None:
+        workers = max(1, cores // 4)
+    threads = threads or max(1, cores - workers)
     torch.set_num_threads(threads)
-    log.info("CPU run: %d DALI/loader thread(s), %d torch thread(s)", args.workers, threads)
+    log.info("CPU run: %d DALI/loader thread(s), %d torch thread(s)", workers, threads)
+    return workers
 
 
 def seed_everything(seed: int) -> None:

@@ -19,8 +19,9 @@ import torch
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR, StepLR
 
 from ..errors import CheckpointError
+from .checkpoint import saved_setting
 
-__all__ = ["SCHEDULES", "build_scheduler", "schedule_signature", "check_schedule", "stretch_cosine"]
+__all__ = ["SCHEDULES", "build_scheduler", "check_schedule", "stretch_cosine"]
 
 log = logging.getLogger("i2e_dali.train")
 
@@ -47,14 +48,13 @@ def build_scheduler(optimizer: torch.optim.Optimizer, *, sched: str, epochs: int
     return SequentialLR(optimizer, [warmup, main], milestones=[warm])
 
 
-def schedule_signature(args) -> dict:
-    """What a resumed run must share with its checkpoint for the stored scheduler state to mean the same."""
-    return {"sched": args.sched, "warmup_epochs": args.warmup_epochs}
-
-
-def check_schedule(saved_config: dict, args, source: str) -> None:
-    saved = {k: saved_config.get(k, d) for k, d in (("sched", "cosine"), ("warmup_epochs", 0))}
-    mine = schedule_signature(args)
+def check_schedule(saved_config: dict, *, sched: str, warmup_epochs: int, source: str) -> None:
+    """A resumed run must share the schedule's kind and warm-up with its checkpoint (``saved_config``: the
+    checkpoint's stored config, nested or, before TrainConfig, flat) for the stored scheduler state to mean
+    the same."""
+    saved = {"sched": saved_setting(saved_config, "sched", "cosine"),
+             "warmup_epochs": saved_setting(saved_config, "warmup_epochs", 0)}
+    mine = {"sched": sched, "warmup_epochs": warmup_epochs}
     if saved != mine:
         raise CheckpointError(
             f"{source} was trained with --sched {saved['sched']} --warmup-epochs {saved['warmup_epochs']}, this run "
