@@ -122,10 +122,14 @@ def test_encode_near_hits_the_target(official_samples):
 def test_corpus_cli(capsys, tmp_path, official_samples):
     out = _run(capsys, ["corpus", "--out", str(tmp_path / "c"), "--images", "2", "--classes", "2",
                         "--val-images", "0", "--samples", str(official_samples), "--workers", "1", "--quick",
-                        "--json", str(tmp_path / "c.json")])
-    assert "train images" in out and "file KB mean" in out
+                        "--json", str(tmp_path / "c.json"), "--shards"])
+    assert "train images" in out and "file KB mean" in out and "tar shards" in out
     record = json.loads((tmp_path / "c.json").read_text())
     assert record["corpus"]["train_images"] == 2 and record["mode"] == "corpus"
+    from i2e_dali.data.shards import ShardSource
+
+    assert record["corpus"]["shards"] == str(tmp_path / "c-wds")
+    assert len(ShardSource(str(tmp_path / "c-wds" / "train"))) == 2  # --shards: the corpus as tar shards too
 
 
 # ------------------------------------------------------------------------------------------------
@@ -158,11 +162,14 @@ def test_loader_mode(capsys, tmp_path, corpus):
     assert "Events delivered on cpu" in out and "reference" in out and "dali-cpu" in out
     record = json.loads(path.read_text())
     _check_environment(record, "loader")
-    assert [r["pipeline"] for r in record["results"]] == ["dali-cpu", "reference"]
+    assert [r["pipeline"] for r in record["results"]] == ["dali-cpu", "dali-cpu-wds", "reference"]
     for r in record["results"]:
         assert r["images_per_s"] > 0 and r["seconds"] > 0
         assert r["events_shape"] == [8, 2, 2, 32, 32] and r["dtype"] == "torch.float32"
-    assert record["results"][1]["speedup_vs_reference"] == 1
+    assert record["results"][2]["speedup_vs_reference"] == 1
+    wds = record["results"][1]  # the same images as tar shards, packed beside the corpus
+    assert wds["shards_vs_folder"] == wds["images_per_s"] / record["results"][0]["images_per_s"]
+    assert (Path(f"{cfg.out}-wds") / "train" / "shards.npz").is_file()
 
 
 def test_train_mode(capsys, tmp_path, corpus):

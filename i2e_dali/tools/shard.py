@@ -251,7 +251,8 @@ def main(argv=None) -> int:
     ap.add_argument("out", nargs="?", help="output folder")
     ap.add_argument("--shard-size", default="256MB", help="bytes per shard (default 256MB)")
     ap.add_argument("--max-samples", type=int, default=None, help="at most this many samples per shard")
-    ap.add_argument("--splits", nargs="+", default=["train", "val"], choices=["train", "val"])
+    ap.add_argument("--splits", nargs="+", choices=["train", "val"],
+                    help="default: those of train/ and val/ that SRC holds")
     ap.add_argument("--seed", type=int, default=DEFAULT_SEED, help="the train split's global shuffle")
     ap.add_argument("--workers", type=int, default=None, help="writer processes (default: this rank's cores)")
     ap.add_argument("--folder-index", default=None, help="folder of i2e folder-index files to read/write")
@@ -273,7 +274,10 @@ def main(argv=None) -> int:
         workers = args.workers or max(1, usable_cores() // max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
         out = Path(args.out)
         classes = None
-        for split in args.splits:
+        splits = args.splits or [s for s in ("train", "val") if "://" in args.src or (Path(args.src) / s).is_dir()]
+        if not splits:
+            raise DatasetError(f"{args.src} holds neither train/ nor val/ (the class-folder layout SRC/train/<class>/...)")
+        for split in splits:
             source = open_source(args.src, split, "folder", index=args.folder_index)
             if classes is not None and source.classes != classes:
                 raise DatasetError(f"{args.src}: train and val have different class folders")

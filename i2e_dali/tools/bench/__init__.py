@@ -16,7 +16,9 @@ measured number) to ``--json`` (default ``benchmarks/results/<device>-<date>-<mo
 - ``train``: images/s of MS-ResNet18 (T=8) training steps (``make_train_step``) fed by synthetic
   batches already on the device (the ceiling), by ``EventLoader`` and by the reference recipe, with the
   fraction of wall time the training loop spent waiting for data.
-- ``corpus``: write an ImageNet-like JPEG corpus from real photographs (``corpus.py`` here).
+- ``corpus``: write an ImageNet-like JPEG corpus from real photographs (``corpus.py`` here); ``--shards``
+  also packs it into WebDataset shards (``i2e-shard``) beside it.
+- ``scale``: folder start-up time and memory against the file count (``scale.py`` here).
 
 Timing: warm-up runs first, then repeated measurements; medians are reported (convert also keeps the
 minimum and every sample; its contenders take turns, so a noisy shared machine slows them alike). On CUDA, kernels are
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 import torch
 
@@ -36,6 +39,7 @@ from .convert import run_convert
 from .loader import run_loader
 from .train import run_train
 from .proof import add_proof_parser, proof_exit_code, run_proof
+from .scale import add_scale_parser, run_scale
 from ...placement import DEFAULT_SEED
 
 __all__ = ["main", "build_parser", "run_convert", "run_loader", "run_train", "run_corpus", "run_proof",
@@ -51,6 +55,14 @@ def run_corpus(args) -> dict:
                        seed=args.seed, long_side=args.long_side, file_kb=args.file_kb, workers=args.workers,
                        progress=not args.quick, **kw)
     manifest = generate_corpus(cfg)
+    if args.shards is not None:  # the same images as WebDataset tar shards (i2e-shard), for loader --shards
+        from ..shard import main as shard_main
+
+        shards = Path(args.shards or f"{cfg.out}-wds")
+        if shard_main([str(cfg.out), str(shards), "--shard-size", args.shard_size, "--seed", str(args.seed)]
+                      + (["--workers", str(args.workers)] if args.workers else [])) != 0:
+            raise BenchError(f"could not pack {cfg.out} into shards at {shards}")
+        manifest = dict(manifest, shards=str(shards))
     kb, w, h = manifest["file_kb"], manifest["width"], manifest["height"]
     rows = [
         ["train images", manifest["train_images"]], ["val images", manifest["val_images"]],
@@ -58,7 +70,7 @@ def run_corpus(args) -> dict:
         ["file KB mean", kb["mean"]], ["file KB p10 / p90", f"{kb['p10']:.0f} / {kb['p90']:.0f}"],
         ["mean width x height", f"{w['mean']:.0f} x {h['mean']:.0f}"],
         ["width range", f"{w['min']}-{w['max']}"], ["height range", f"{h['min']}-{h['max']}"],
-    ]
+    ] + ([["tar shards", manifest["shards"]]] if "shards" in manifest else [])
     record = {"mode": "corpus", "environment": environment(torch.device("cpu")), "settings": cfg.settings(),
               "out": str(cfg.out), "corpus": manifest}
     if not args.json:  # the manifest in the corpus folder is the record; --json writes a copy elsewhere
@@ -101,8 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--data", help="corpus root with train/<class>/*.JPEG (default: a small temporary corpus)")
         sp.add_argument("--corpus-images", type=int, help="size of the temporary corpus (default 64; quick 16)")
         sp.add_argument("--samples", help="official-samples folder for the temporary corpus")
-        sp.add_argument("--pipelines", nargs="+", choices=["dali-gpu", "dali-cpu", "reference"],
-                        help="default GPU: dali-gpu dali-cpu reference; CPU: dali-cpu reference")
+        sp.add_argument("--pipelines", nargs="+",
+                        choices=["dali-gpu", "dali-cpu", "dali-gpu-wds", "dali-cpu-wds", "reference"],
+                        help="default GPU: dali-gpu dali-gpu-wds dali-cpu dali-cpu-wds reference; CPU: dali-cpu "
+                             "dali-cpu-wds reference (-wds: the same images as tar shards)")
+        sp.add_argument("--shards", help="the same images as i2e-shard output (default: packed into <data>-wds)")
         sp.add_argument("--batch-size", type=int)
         sp.add_argument("--crop", type=int, help="training crop size (default 224; CPU train 64)")
         sp.add_argument("--dtype", default="float32", choices=list(DTYPES), help="events dtype (default float32)")
@@ -134,12 +149,16 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--long-side", type=int, default=500, help="mean long side in pixels (default 500)")
     co.add_argument("--file-kb", type=float, default=110.0, help="mean JPEG size in KB (default 110)")
     co.add_argument("--workers", type=int, help="processes (default all cores)")
+    co.add_argument("--shards", nargs="?", const="", default=None, metavar="DIR",
+                    help="also pack the corpus into WebDataset tar shards (default DIR: <out>-wds)")
+    co.add_argument("--shard-size", default="256MB", help="bytes per shard with --shards (default 256MB)")
 
     add_proof_parser(sub)
+    add_scale_parser(sub, common)
     return p
 
 _RUNNERS = {"convert": run_convert, "loader": run_loader, "train": run_train, "corpus": run_corpus,
-            "proof": run_proof}
+            "proof": run_proof, "scale": run_scale}
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)

@@ -36,6 +36,20 @@ def dataset_root(args) -> Iterator[Path]:
         generate_corpus(cfg)
         yield cfg.out
 
+def shard_folder(args, root: Path) -> Path:
+    """The train shards of the same images: ``--shards DIR`` (``DIR/train``), else packed now with
+    i2e-shard into ``<root>-wds`` (kept, reused by later runs: a shard is skipped when complete)."""
+    from ..shard import main as shard_main
+
+    out = Path(args.shards).expanduser() if getattr(args, "shards", None) else Path(f"{root}-wds")
+    if not (out / "train" / "shards.npz").exists():
+        if getattr(args, "shards", None):
+            raise BenchError(f"--shards {out}: no shards there (make them with `i2e-shard {root} {out}`)")
+        if shard_main([str(root), str(out), "--splits", "train", "--shard-size", "64MB"]) != 0:
+            raise BenchError(f"could not pack {root} into shards")
+    return out / "train"
+
+
 def cycle(make_iter: Callable[[], Iterable]) -> Iterator:
     """Endless batches across epochs."""
     while True:
@@ -94,21 +108,24 @@ def make_feeds(args, root: Path, device: torch.device, *, crop: int, dtype: torc
     from ...data.sources import ImageFolderSource
     from ...convert import Conversion
     from ...data.event_loader import DaliOptions, EventLoader
+    from ...data.shards import ShardSource
 
     cuda = device.type == "cuda"
     wanted = args.pipelines or (["dali-gpu", "dali-cpu", "reference"] if cuda else ["dali-cpu", "reference"])
     feeds = []
     source = ImageFolderSource(root / "train", progress=False)
     for name in wanted:
-        if name in ("dali-gpu", "dali-cpu"):
+        if name in ("dali-gpu", "dali-cpu", "dali-gpu-wds", "dali-cpu-wds"):
             decode = name.split("-")[1]
             if decode == "gpu" and not cuda:
-                raise BenchError("pipeline dali-gpu needs a CUDA device")
-            loader = EventLoader(source, batch, train=True, conversion=Conversion(timesteps=args.timesteps, dtype=dtype),
+                raise BenchError(f"pipeline {name} needs a CUDA device")
+            src = ShardSource(str(shard_folder(args, root))) if name.endswith("-wds") else source
+            loader = EventLoader(src, batch, train=True, conversion=Conversion(timesteps=args.timesteps, dtype=dtype),
                                  device=device, dali=DaliOptions(decode=decode, num_threads=args.threads or None),
                                  crop_size=crop, seed=args.seed)
+            what = f"tar shards {src.root}" if name.endswith("-wds") else "class folder"
             feeds.append(Feed(name, lambda loader=loader: loader,
-                              f"EventLoader decode={decode} threads={loader.num_threads}"))
+                              f"EventLoader decode={decode} threads={loader.num_threads}, {what}"))
         elif name == "reference":
             workers = args.workers if args.workers is not None else placement.usable_cores()
             ref = ReferenceLoader(root / "train", batch, crop=crop, timesteps=args.timesteps, dtype=dtype,
@@ -124,6 +141,9 @@ def make_feeds(args, root: Path, device: torch.device, *, crop: int, dtype: torc
 def run_loader(args) -> dict:
     device = resolve_device(args.device)
     cuda = device.type == "cuda"
+    if not args.pipelines:  # folder and tar shards of the same images side by side, and the reference
+        args.pipelines = (["dali-gpu", "dali-gpu-wds", "dali-cpu", "dali-cpu-wds", "reference"] if cuda
+                          else ["dali-cpu", "dali-cpu-wds", "reference"])
     batch = args.batch_size or (4 if args.quick else (256 if cuda else 16))
     crop = args.crop or (64 if args.quick else 224)
     warmup = args.warmup if args.warmup is not None else (1 if args.quick else (10 if cuda else 3))
@@ -157,10 +177,14 @@ def run_loader(args) -> dict:
                          "batches": batches, "warmup_batches": warmup, "seconds": seconds, "images_per_s": ips,
                          "warmup_seconds": startup, "events_shape": list(shape), "dtype": str(dtype)})
             table_rows.append([feed.name, batch, batches, seconds, ips, "x".join(map(str, shape))])
+    for r in rows:  # tar shards against the class folder, same decode
+        folder = next((f["images_per_s"] for f in rows if f["pipeline"] == r["pipeline"].removesuffix("-wds")), None)
+        r["shards_vs_folder"] = r["images_per_s"] / folder if r["pipeline"].endswith("-wds") and folder else None
     ref = next((r["images_per_s"] for r in rows if r["pipeline"] == "reference"), None)
     for r, tr in zip(rows, table_rows):
         r["speedup_vs_reference"] = r["images_per_s"] / ref if ref else None
         tr.insert(5, r["speedup_vs_reference"])
+        tr.insert(6, r["shards_vs_folder"] if r["shards_vs_folder"] is not None else "")
     record = {
         "mode": "loader",
         "environment": env,
@@ -172,5 +196,5 @@ def run_loader(args) -> dict:
     }
     title = (f"Events delivered on {device.type} ({env['device']}), train view RandomResizedCrop {crop} + flip, "
              f"T={args.timesteps}, {dtype}")
-    columns = ["pipeline", "batch", "batches", "seconds", "img/s", "x reference", "events"]
+    columns = ["pipeline", "batch", "batches", "seconds", "img/s", "x reference", "shards x folder", "events"]
     return finish(record, format_table(title, columns, table_rows), args)
