@@ -119,6 +119,7 @@ def test_contract(kind_data):
         assert isinstance(loader, BatchLoader)
         assert isinstance(loader, FrameLoader if kind in FRAME else EventLoader)
         assert loader.train == (split == "train") and len(loader) >= 1 and loader.num_classes >= 2
+        iter(loader)  # made and dropped unread (Lightning's "is it iterable" check): starts no epoch
         first = next(iter(loader))  # a peek, the way Lightning's sanity check and `next(iter(val))` take one
         assert isinstance(first, IndexedBatch)
         events, labels, idx = first

@@ -3,8 +3,9 @@ loader the trainer is given), the batch types they yield, and the shared base th
 bookkeeping.
 
 Contract (``BatchLoader``), the one torch's ``DataLoader`` and torchdata's ``StatefulDataLoader`` give a loop:
-- every ``iter(loader)`` starts a new epoch at its first batch; an unfinished epoch is abandoned (nothing of
-  it reaches the next one). The one exception is the first ``iter()`` after ``load_state_dict()``, which
+- every ``iter(loader)`` starts a new epoch at its first batch (an iterator dropped before its first batch
+  starts none); an unfinished epoch is abandoned (nothing of it reaches the next one), and so is the pass
+  of an older iterator. The one exception is the first ``iter()`` after ``load_state_dict()``, which
   continues from the saved position. Which epoch comes next depends only on the seed and on how many
   epochs were started (``set_epoch(e)`` makes the next ``iter()`` start epoch ``e``);
 - iterating yields a :class:`Batch` ``(events [T, B, 2, H, W], labels [B])`` on ``device``; the
@@ -85,7 +86,7 @@ class LoaderBase:
     check of a saved state.
 
     ``epoch`` is the epoch being read (before the first ``iter()``: the one it will read); ``position``
-    the batches of it handed out. Subclasses call :meth:`_next_pass` at the start of every ``iter()``.
+    the batches of it handed out. Subclasses call :meth:`_next_pass` when a pass's first batch is asked for.
     """
 
     epoch: int = 0
@@ -99,7 +100,7 @@ class LoaderBase:
         return self._batches_per_epoch
 
     def _next_pass(self) -> bool:
-        """Move to the epoch this ``iter()`` reads; True when it continues a restored position."""
+        """Move to the epoch this pass reads; True when it continues a restored position."""
         if self._resume:
             self._resume = False
             self._started = True

@@ -391,17 +391,21 @@ class EventLoader(LoaderBase):
     # iteration
     # ----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        self._pass += 1
+        return self._run(self._pass)
+
+    def _run(self, token: int):
+        # The epoch starts at the first batch asked for, not at iter(): an iterator made and dropped unread
+        # (Lightning's "is it iterable" check) starts none.
+        if token != self._pass:  # a newer iter() (or reset) came first: this pass was abandoned unread
+            return
         if not self._next_pass():
             # A fresh pipeline of this epoch is used as it is (built ahead, or at construction); an
             # evaluation pipeline that ran to its end was rewound by DALI and reads the same list again.
             if not (self._fresh and (self._pipe_epoch == self.epoch or not self.train)):
                 self._open(self.epoch, None)
-        self._pass += 1
-        return self._run(self._pass)
-
-    def _run(self, token: int):
         iterator = self._iterator
-        if iterator is None or token != self._pass:  # an empty evaluation shard, or a pass abandoned unread
+        if iterator is None:  # an empty evaluation shard
             return
         self._fresh = False
         while token == self._pass:  # a newer iter() took over: this pass was abandoned

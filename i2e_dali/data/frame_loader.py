@@ -235,13 +235,17 @@ class FrameLoader(LoaderBase):
         return out
 
     def __iter__(self):
-        resumed = self._next_pass()
-        self._batches.epoch = self.epoch
-        self._batches.start = self.position if resumed else 0
         self._pass += 1
         return self._run(self._pass)
 
     def _run(self, token: int):
+        # The epoch starts at the first batch asked for, not at iter(): an iterator made and dropped
+        # unread (Lightning's "is it iterable" check) starts none.
+        if token != self._pass:
+            return
+        resumed = self._next_pass()
+        self._batches.epoch = self.epoch
+        self._batches.start = self.position if resumed else 0
         for frames, labels, indices in self._loader:
             if token != self._pass:  # a newer iter() started another epoch: this one was abandoned
                 return
