@@ -51,7 +51,28 @@ def _readers():
         _fields_ok(ckpt, path, required=True)
         return ckpt
 
-    return {"npz_dense": npz, "npz_sparse": npz, "npz_authors": npz_authors, "meta": meta, "aedat": aedat,
+    def tar(path):  # a shard without an index: scanned, its labels read
+        from i2e_dali.data.shards import ShardSource
+
+        return ShardSource([path], scan_missing=True)
+
+    def wds_index(folder):  # a shard with its DALI index file
+        from i2e_dali.data.shards import ShardSource
+
+        return ShardSource([str(Path(folder) / "a.tar")])
+
+    def shard_manifest(folder):  # an i2e-shard folder: manifest checked against the shards
+        from i2e_dali.data.shards import ShardSource
+
+        return ShardSource(folder)
+
+    def folder_index(path):
+        from i2e_dali.data.folder_index import load_index
+
+        return load_index(path)
+
+    return {"tar": tar, "wds_index": wds_index, "shard_manifest": shard_manifest, "folder_index": folder_index,
+            "npz_dense": npz, "npz_sparse": npz, "npz_authors": npz_authors, "meta": meta, "aedat": aedat,
             "dvs_cache": dvs_cache, "gif": gif_to_events, "cifar": cifar, "checkpoint": checkpoint,
             "idx": read_idx}
 

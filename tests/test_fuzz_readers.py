@@ -27,7 +27,7 @@ from loader_data import write_cifar
 
 HERE = Path(__file__).resolve().parent
 READERS = ("npz_dense", "npz_sparse", "npz_authors", "meta", "aedat", "dvs_cache", "gif", "cifar", "checkpoint",
-           "idx")
+           "idx", "tar", "wds_index", "shard_manifest", "folder_index")
 PER_INPUT_LIMIT_S = 20
 
 
@@ -90,7 +90,41 @@ def make_seeds(root: Path, official: Path | None) -> dict[str, list[Path]]:
     (root / "t10k-images-idx3-ubyte").write_bytes(idx)
     (root / "t10k-images-idx3-ubyte.gz").write_bytes(gzip.compress(idx))
     seeds["idx"] += [root / "t10k-images-idx3-ubyte", root / "t10k-images-idx3-ubyte.gz"]
+    _shard_seeds(root, seeds)
     return seeds
+
+
+def _shard_seeds(root: Path, seeds) -> None:
+    """Tar shards (i2e-shard's and webdataset.TarWriter's), a shard + DALI index pair, a shard folder with its
+    manifest, and a folder index: the inputs of issue 20's readers."""
+    import io as _io
+
+    import webdataset as wds
+    from PIL import Image
+
+    from i2e_dali.data.folder_index import index_folder
+    from i2e_dali.tools.shard import main as shard_main
+    from loader_data import make_folder
+
+    ds = make_folder(root / "folderset" / "train", {"a": 2, "b": 2}, size=(16, 16))
+    assert shard_main([str(ds.parent), str(root / "wds"), "--shard-size", "4k", "--workers", "1"]) == 0
+    tars = sorted((root / "wds" / "train").glob("*.tar"))
+    seeds["tar"].append(tars[0])
+    lib = root / "lib.tar"
+    with wds.TarWriter(str(lib)) as sink:
+        for k in range(3):
+            buf = _io.BytesIO()
+            Image.new("RGB", (8, 8), (k * 40, 0, 0)).save(buf, format="JPEG")
+            sink.write({"__key__": f"s{k}", "jpg": buf.getvalue(), "cls": k})
+    seeds["tar"].append(lib)
+    pair = root / "pair"
+    pair.mkdir()
+    shutil.copy(tars[0], pair / "a.tar")
+    shutil.copy(tars[0].with_suffix(".idx"), pair / "a.idx")
+    seeds["wds_index"].append(pair)
+    seeds["shard_manifest"].append(root / "wds" / "train")
+    index_folder(ds).save(root / "folder-index.npz")
+    seeds["folder_index"].append(root / "folder-index.npz")
 
 
 def _ops(path: Path):
@@ -117,6 +151,8 @@ def make_inputs(seeds: dict[str, list[Path]], out: Path, per_reader: int, seed: 
                     files = [dst / "test_batch"] * 4 + [dst / "batches.meta"]
                 elif reader == "meta":  # mostly the metadata, sometimes the events it describes
                     files = [p for p in files if p.name.endswith(".json")] * 3 + files
+                elif reader in ("wds_index", "shard_manifest"):  # mostly the index / manifest, sometimes a tar
+                    files = [p for p in files if p.suffix in (".idx", ".npz")] * 3 + files
                 victim = rng.choice(files)
                 victim.write_bytes(mutate(victim.read_bytes(), rng, _ops(victim)))
             else:

@@ -245,13 +245,15 @@ def load_index(path: str | os.PathLike) -> FolderIndex:
     except Exception as exc:  # a damaged zip/npy raises zipfile/ValueError/OSError/EOFError...
         raise DatasetError(f"{path} is not a readable i2e folder index ({type(exc).__name__}: {exc}); "
                            "delete it (it is rebuilt on the next start)") from exc
+    if not _well_typed(d):
+        raise DatasetError(f"{path}: the index's arrays have the wrong types or shapes (damaged file); delete it")
     if str(d["format"]) != FORMAT:
         raise DatasetError(f"{path} is a folder index of format {str(d['format'])!r}, this version reads "
                            f"{FORMAT!r}; delete it")
     off, labels, blob = d["path_offsets"], d["labels"], d["path_blob"]
     n = len(labels)
-    ok = (blob.dtype == np.uint8 and off.dtype == np.int64 and off.ndim == 1 and len(off) == n + 1
-          and d["sizes"].shape == (n,) and d["mtimes"].shape == (n,) and len(d["dirs"]) == len(d["dir_mtimes"])
+    ok = (len(off) == n + 1 and d["sizes"].shape == (n,) and d["mtimes"].shape == (n,)
+          and len(d["dirs"]) == len(d["dir_mtimes"])
           and (n == 0 or (off[0] == 0 and off[-1] == len(blob) and bool(np.all(np.diff(off) > 0))))
           and (n == 0 or (labels.min() >= 0 and labels.max() < len(d["classes"]))))
     if not ok:
@@ -262,6 +264,22 @@ def load_index(path: str | os.PathLike) -> FolderIndex:
         dirs=d["dirs"].tolist(), dir_mtimes=d["dir_mtimes"].astype(np.int64), not_images=d["not_images"].tolist(),
         empty_files=d["empty_files"].tolist(), empty_classes=d["empty_classes"].tolist(),
         stray_files=d["stray_files"].tolist())
+
+
+_TEXT = ("format", "root")
+_TEXT_LISTS = ("classes", "dirs", "not_images", "empty_files", "empty_classes", "stray_files")
+_INTS = ("path_offsets", "labels", "sizes", "mtimes", "dir_mtimes")
+
+
+def _well_typed(d: dict) -> bool:
+    """Every array of the kind and rank the writer gives it (text scalars and lists, 1-D integer arrays,
+    a uint8 blob): a damaged file can hold a valid .npy of another type in any member."""
+    if not all(isinstance(v, np.ndarray) for v in d.values()):  # a member that is not a .npy reads as bytes
+        return False
+    return (all(d[k].ndim == 0 and d[k].dtype.kind == "U" for k in _TEXT)
+            and all(d[k].ndim == 1 and (d[k].dtype.kind == "U" or d[k].size == 0) for k in _TEXT_LISTS)
+            and all(d[k].ndim == 1 and d[k].dtype.kind in "iu" for k in _INTS)
+            and d["path_blob"].ndim == 1 and d["path_blob"].dtype == np.uint8)
 
 
 def _rank() -> int:

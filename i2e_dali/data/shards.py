@@ -39,6 +39,10 @@ __all__ = ["ShardSource", "MANIFEST", "CLASS_MAP", "expand_braces", "index_path_
 MANIFEST = "shards.npz"
 CLASS_MAP = "classes.json"
 FORMAT = "i2e-shard-manifest/1"
+# each manifest array's numpy kinds (U: text, i/u: integers); checked before use: a damaged file may hold
+# a valid .npy of another type in any member
+_MANIFEST_TYPES = {"format": "U", "shards": "U", "shard_sizes": "iu", "classes": "U", "exts": "U", "shard_of": "iu",
+                   "offset": "iu", "size": "iu", "ext": "iu", "labels": "iu", "names": "u", "name_off": "iu"}
 _CULPRIT_LIMIT = 4096  # images searched for an undecodable one when DALI names none
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm", "jp2", "j2k")
 
@@ -265,7 +269,10 @@ class ShardSource:
         try:
             with np.load(bytes_file(_read(path)), allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
-            ok = str(d.get("format")) == FORMAT
+            ok = all(isinstance(d.get(k), np.ndarray) for k in _MANIFEST_TYPES) and all(
+                d[k].ndim == (0 if k == "format" else 1) and (d[k].dtype.kind in kinds or d[k].size == 0)
+                for k, kinds in _MANIFEST_TYPES.items())
+            ok = ok and str(d["format"]) == FORMAT and d["names"].dtype == np.uint8
             n = len(d["labels"])
             ok = ok and all(len(d[k]) == n for k in ("shard_of", "offset", "size", "ext")) and len(d["name_off"]) == n + 1
             ok = ok and len(d["shard_sizes"]) == len(d["shards"]) and (n == 0 or (
