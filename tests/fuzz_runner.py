@@ -71,7 +71,13 @@ def _readers():
 
         return load_index(path)
 
-    return {"tar": tar, "wds_index": wds_index, "shard_manifest": shard_manifest, "folder_index": folder_index,
+    def config(path):  # --config FILE: read, every key, type and range checked (training/config_file.py)
+        from i2e_dali.training.config_file import load_config
+
+        return load_config(path)
+
+    return {"config": config,
+            "tar": tar, "wds_index": wds_index, "shard_manifest": shard_manifest, "folder_index": folder_index,
             "npz_dense": npz, "npz_sparse": npz, "npz_authors": npz_authors, "meta": meta, "aedat": aedat,
             "dvs_cache": dvs_cache, "gif": gif_to_events, "cifar": cifar, "checkpoint": checkpoint,
             "idx": read_idx}

@@ -129,7 +129,7 @@ class OptimConfig:
     amp: str = _f("auto", "--amp", choices=("auto", "bf16", "fp16", "off"))
     channels_last: bool = _f(False, "--channels-last")
     compile: bool = _f(False, "--compile")
-    seed: int = _f(DEFAULT_SEED, "--seed")
+    seed: int = _f(DEFAULT_SEED, "--seed", check=lambda v: 0 <= v < 2**63, rule="in 0..2^63-1")
 
 
 @dataclass(frozen=True)
@@ -266,14 +266,14 @@ def _coerce(name: str, value, origin: str):
             return value
         raise _bad(name, value, origin, "must be a whole number")
     if base is float:
-        if isinstance(value, str):
+        if isinstance(value, (str, int)) and not isinstance(value, bool):
             try:
                 value = float(value)
-            except ValueError:
-                raise _bad(name, value, origin, "must be a number") from None
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            except (ValueError, OverflowError):
+                raise _bad(name, value, origin, "must be a finite number") from None
+        if not isinstance(value, float) or not math.isfinite(value):
             raise _bad(name, value, origin, "must be a finite number")
-        return float(value)
+        return value
     if base is str:
         if name == "order" and isinstance(value, int) and not isinstance(value, bool):
             return str(value)  # the authors' numbered presets, written as numbers
@@ -300,7 +300,7 @@ def _layer_from_mapping(mapping: Mapping, source: str) -> dict[str, Any]:
             out[sec] = part
             continue
         if sec not in SECTIONS:
-            raise ConfigError(f"{source}: unknown key {sec!r}{_suggest(sec, list(SECTIONS) + list(_TOP))}; a "
+            raise ConfigError(f"{source}: unknown key {sec!r}{_suggest(str(sec), list(SECTIONS) + list(_TOP))}; a "
                               "config has the sections data, model, optim, run (and recipe, preset)")
         if part is None:
             continue
@@ -371,8 +371,13 @@ def resolve(*, file: Mapping | None = None, file_source: str = "config file", cl
             values[k] = v
             origins[k] = org
     values["dataset"] = dataset
-    _derive(values, origins, environ)
-    _check(values, origins)
+    try:
+        _derive(values, origins, environ)
+        _check(values, origins)
+    except ConfigError as e:
+        if file is not None and file_source not in str(e):  # a combination the file took part in
+            raise ConfigError(f"{e} (with the settings of {file_source})") from None
+        raise
     parts = {sec: cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)}) for sec, cls in SECTIONS.items()}
     return TrainConfig(**parts, recipe=values["recipe"], preset=values["preset"],
                        origins={_key(k): o for k, o in origins.items()})
@@ -428,8 +433,8 @@ def _check(v: dict, origins: dict) -> None:
         raise ConfigError(f"--dataset demo generates its own data; drop --data{_where(origins['root'])} (or "
                           "choose the data set kind)")
     if v["dataset"] != "demo" and v["root"] is None:
-        raise ConfigError(f"--dataset {v['dataset']}{_where(origins['dataset'])} needs --data pointing at the "
-                          "data set folder")
+        raise ConfigError(f"--dataset {v['dataset']}{_where(origins['dataset'])} needs --data (config key "
+                          "data.root) pointing at the data set folder")
     need(v["width"] >= 1 or native_width(v["arch"]) is not None, "width", "must be >= 1")
     need(v["lr_min"] <= v["lr"], "lr_min", f"must be in [0, --lr] ({v['lr']})")
     need(v["warmup_lr"] <= v["lr"], "warmup_lr", f"must be in [0, --lr] ({v['lr']})")

@@ -83,11 +83,15 @@ def _open_writer(output_dir: Path, enabled: bool):
     return SummaryWriter(log_dir=str(output_dir / "tb"))
 
 
+def _require_config(config) -> None:
+    if not isinstance(config, TrainConfig):
+        raise ConfigError(f"train() and evaluate_run() take a TrainConfig (e.g. TrainConfig.from_dict(mapping)), "
+                          f"got {type(config).__name__}")
+
+
 @contextlib.contextmanager
 def _session(config: TrainConfig, *, training: bool):
     """Runtime, output folder, logging, CPU threads, seeds, loaders and model; torn down on exit."""
-    if not isinstance(config, TrainConfig):
-        raise ConfigError(f"train() takes a TrainConfig (TrainConfig.from_dict(...)), got {type(config).__name__}")
     rt = init_runtime(config.run.device)
     output_dir = Path(config.run.output_dir).expanduser()
     handlers: list[logging.Handler] = []
@@ -101,10 +105,11 @@ def _session(config: TrainConfig, *, training: bool):
         if rt.is_main and output_dir.is_dir():
             clean_stale_temps(output_dir)
         workers = configure_cpu_threads(config.data.workers, config.data.threads, rt)
-        if workers != config.data.workers:
-            config = config.replace(workers=workers)
+        # the loaders get the thread count picked for this machine; config.yaml and checkpoints keep the
+        # config as resolved (a repeat on another machine picks its own)
+        loader_config = config.replace(workers=workers) if workers != config.data.workers else config
         torch.manual_seed(config.optim.seed)  # same initial weights on every rank (DDP also broadcasts them)
-        train_loader, val_loader = build_loaders(_loader_args(config), rt, need_train=training)
+        train_loader, val_loader = build_loaders(_loader_args(loader_config), rt, need_train=training)
         num_classes = val_loader.num_classes
         if train_loader is not None and train_loader.num_classes != num_classes:
             raise TrainError(f"train has {train_loader.num_classes} classes but val has {num_classes}")
@@ -176,6 +181,7 @@ def _place_model(s) -> tuple[torch.dtype | None, bool]:
 def evaluate_run(config: TrainConfig) -> dict:
     """Evaluate the weights of ``model.pretrained`` or ``run.resume`` on the validation set (top-1/top-5,
     loss, count; with ``run.report`` also the energy report). Writes nothing but the report."""
+    _require_config(config)
     with _session(config, training=False) as s:
         cfg, rt = s.config, s.rt
         ckpt, resume_path = _initial_weights(s, evaluating=True)
@@ -236,6 +242,7 @@ def _continue(trainer: Trainer, ckpt: dict, source: Path, s, scheduler, optimize
 def train(config: TrainConfig) -> TrainResult:
     """Train as ``config`` says (resuming per ``run.resume``), writing checkpoints, metrics.jsonl, train.log
     and the resolved ``config.yaml`` to ``run.output_dir``. Under torchrun every process calls it."""
+    _require_config(config)
     if config.run.evaluate:
         raise ConfigError("run.evaluate is set: call evaluate_run(config) (train() trains)")
     writer = None
