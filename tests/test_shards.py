@@ -269,3 +269,19 @@ def test_two_process_torchrun_visits_every_sample(data, tmp_path):
         both = gathered[0][epoch] + gathered[1][epoch]
         assert sorted(both) == list(range(n))  # 16 images, 2 ranks x 4 batches of 2: each exactly once
     assert gathered[0][0] != gathered[0][1]
+
+
+def test_make_loader_kind_wds(data):
+    """make_loader(dataset="wds") reads i2e-shard's layout (DATA/train, DATA/val) with the ImageNet views."""
+    from i2e_dali.data.factory import make_loader
+    from i2e_dali.errors import ConfigError
+
+    val = make_loader(str(data / "wds"), "val", 4, dataset="wds", device="cpu", size=24, with_index=True)
+    folder = make_loader(str(data / "ds"), "val", 4, dataset="imagenet", device="cpu", size=24, with_index=True)
+    assert val.num_classes == 3 and val.image_size == (24, 24)
+    for x, y in zip(val, folder):
+        assert torch.equal(x[0], y[0]) and torch.equal(x[1], y[1])
+    train = make_loader(str(data / "wds"), "train", 4, dataset="wds", device="cpu", size=24)
+    assert len(train) == 16 // 4
+    with pytest.raises(ConfigError, match="exclude"):
+        make_loader(str(data / "wds"), "val", 4, dataset="wds", device="cpu", source_options={"exclude": ["x"]})

@@ -28,7 +28,7 @@ log = logging.getLogger("i2e_dali.data")
 _VIEW_OPTIONS = ("aug", "eval_view", "crop_size", "resize_size", "out_size")
 _FRAME_OPTIONS = ("flip", "prefetch_factor", "timesteps")
 IMAGE_KINDS = ("imagenet", "folder", "cifar10", "cifar100", "mnist", "fashionmnist", "caltech101", "caltech256",
-               "mini-imagenet", "demo")
+               "mini-imagenet", "demo", "wds")
 FRAME_KINDS = ("i2e-npz", "i2e-parquet", "cifar10-dvs")
 KINDS: dict[str, Callable] = {}
 
@@ -132,7 +132,7 @@ def _image_loader(data, split, batch_size, *, train, options):
     view = {k: options[k] for k in _VIEW_OPTIONS if k in options}
     if options["size"] is not None:
         size = int(options["size"])
-        if kind in ("imagenet", "folder", "caltech101", "caltech256", "mini-imagenet"):
+        if kind in ("imagenet", "folder", "caltech101", "caltech256", "mini-imagenet", "wds"):
             view.setdefault("crop_size", size)
             view.setdefault("resize_size", max(size, round(size * 256 / 224)))  # the paper's 256/224
         else:
@@ -140,7 +140,16 @@ def _image_loader(data, split, batch_size, *, train, options):
     src_kw = dict(options["source_options"])
     if kind in ("imagenet", "folder", "caltech101", "caltech256", "mini-imagenet"):
         src_kw.setdefault("progress", options["progress"])
-    source = open_source(root, split, kind, **src_kw)
+    if kind == "wds":  # WebDataset tar shards in i2e-shard's layout: DATA/train, DATA/val (local or s3://)
+        from .shards import ShardSource
+
+        if src_kw.pop("exclude", None):
+            raise ConfigError("exclude lists (--exclude-list, --skip-bad) act on image folders; for tar shards check "
+                              "the folder with i2e-check before i2e-shard")
+        src_kw.pop("progress", None)
+        source = ShardSource(f"{str(root).rstrip('/')}/{split}", **src_kw)
+    else:
+        source = open_source(root, split, kind, **src_kw)
     note = getattr(source, "exclusion_note", None)
     if note:
         log.info("%s", note)
