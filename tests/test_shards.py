@@ -285,3 +285,16 @@ def test_make_loader_kind_wds(data):
     assert len(train) == 16 // 4
     with pytest.raises(ConfigError, match="exclude"):
         make_loader(str(data / "wds"), "val", 4, dataset="wds", device="cpu", source_options={"exclude": ["x"]})
+
+
+@pytest.mark.gpu
+def test_gpu_decode_over_shards_equals_folder(data):
+    """GPU ("mixed") decode over shards gives the folder's GPU-decoded eval batches, and a train epoch runs."""
+    kw = dict(device="cuda", crop_size=24, resize_size=28, with_index=True)
+    folder = list(EventLoader(open_source(data / "ds", "val"), 4, train=False, **kw))
+    shards = list(EventLoader(ShardSource(str(data / "wds" / "val")), 4, train=False, **kw))
+    assert len(folder) == len(shards)
+    for x, y in zip(folder, shards):
+        assert x[0].is_cuda and torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2])
+    train = EventLoader(ShardSource(str(data / "wds" / "train")), 4, train=True, **kw)
+    assert sorted(int(i) for b in train for i in b[2].tolist()) == list(range(16))
