@@ -235,8 +235,7 @@ def _parse_args(argv):
 def main(argv=None) -> int:
     args = _parse_args(argv)
     from ..errors import I2EError
-    from ..training.checkpoint import load_checkpoint, load_state_into
-    from ..training.config import saved_setting
+    from ..training.checkpoint import load_checkpoint, load_state_into, saved_setting
     from ..zoo import build_any
 
     try:

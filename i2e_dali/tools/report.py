@@ -41,7 +41,8 @@ def _parse_args(argv):
 def _trainer_config(ckpt: dict, args):
     """The trainer's settings for this checkpoint's evaluation view: its stored config (nested, or flat from
     before TrainConfig), with this CLI's overrides."""
-    from ..training.config import TrainConfig, nest, saved_setting
+    from ..training.checkpoint import saved_setting
+    from ..training.config import TrainConfig, nest
 
     stored = ckpt.get("config") or {}
     saved = nest(stored)

@@ -26,7 +26,6 @@ from ..convert.spec import parse_order
 from ..errors import ConfigError
 from ..placement import DEFAULT_SEED
 from ..zoo import native_width, resolve_arch
-from .checkpoint import saved_setting
 from .recipes import RECIPES
 from .schedule import SCHEDULES
 
