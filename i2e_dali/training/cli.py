@@ -35,7 +35,7 @@ class _Help(argparse.HelpFormatter):
             return text
         if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
             return text
-        shown = "the data set's" if dest in _PER_DATASET else value
+        shown = "the data set's" if dest in _PER_DATASET else ("none" if value is None else value)
         return f"{text} (default: {shown})" if text else f"(default: {shown})"
 
 
@@ -112,19 +112,19 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("optimisation (defaults: the paper's, per data set)")
     g.add_argument("--preset", choices=sorted(PRESETS),
                    help="dvs-finetune: lr 0.001, weight decay 0 (fine-tune on CIFAR10-DVS from --pretrained)")
-    g.add_argument("--epochs", type=int)
+    g.add_argument("--epochs", type=int, help="epochs the schedule spans")
     g.add_argument("-b", "--batch-size", type=int, help="per process (per GPU)")
     g.add_argument("--lr", type=float, help="peak learning rate (SGD)")
     g.add_argument("--lr-min", type=float, help="cosine schedule floor")
-    g.add_argument("--momentum", type=float)
+    g.add_argument("--momentum", type=float, help="SGD momentum")
     g.add_argument("--wd", "--weight-decay", dest="weight_decay", type=float,
                    help="weight decay (not applied to BN and bias parameters)")
-    g.add_argument("--label-smoothing", type=float)
+    g.add_argument("--label-smoothing", type=float, help="cross-entropy label smoothing")
     g.add_argument("--amp", choices=("auto", "bf16", "fp16", "off"),
                    help="mixed precision: auto = bf16 on GPUs that support it, fp16 otherwise on CUDA, off on CPU")
     g.add_argument("--channels-last", action="store_true", help="NHWC convolutions (faster on tensor-core GPUs)")
     g.add_argument("--compile", action="store_true", help="torch.compile the model (experimental with SNN state)")
-    g.add_argument("--seed", type=int)
+    g.add_argument("--seed", type=int, help="initial weights, data order and augmentation (each rank adds its rank)")
 
     g = p.add_argument_group("run")
     g.add_argument("--device", type=str, help="auto | cpu | cuda | cuda:N")
