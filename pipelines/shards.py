@@ -29,14 +29,17 @@ IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", 
 
 
 class _Ids:
-    """Per-sample id feed: the id of the sample at position ``idx_in_epoch`` (the reader pads the last
-    batch by repeating the last sample, so positions past the end repeat the last id)."""
+    """Per-sample id feed: the id of the sample the reader yields at the same position. The reader's epoch is
+    the listed samples padded to whole batches (the padding repeats the last sample); when the pipeline runs
+    on into further epochs (an evaluation pipeline is rewound and read again) the reader starts over while
+    this source's ``idx_in_epoch`` keeps counting (it never ends an epoch itself), hence the modulo."""
 
-    def __init__(self, ids: np.ndarray):
+    def __init__(self, ids: np.ndarray, batch_size: int):
         self.ids = np.asarray(ids, dtype=np.int32).reshape(-1, 1)
+        self.period = -(-len(self.ids) // batch_size) * batch_size
 
     def __call__(self, info):
-        return self.ids[min(info.idx_in_epoch, len(self.ids) - 1)]
+        return self.ids[min(info.idx_in_epoch % self.period, len(self.ids) - 1)]
 
 
 @pipeline_def
@@ -47,7 +50,7 @@ def _shard_graph(paths: Sequence[str], index_paths: Sequence[str], ids: np.ndarr
         pad_last_batch=True,  # epochs end on a batch boundary; the iterator drops or trims the padding
         dont_use_mmap=cfg.dont_use_mmap, name=READER_NAME,
     )
-    sample_ids = fn.external_source(source=_Ids(ids), batch=False, dtype=types.INT32, ndim=1)
+    sample_ids = fn.external_source(source=_Ids(ids, cfg.batch_size), batch=False, dtype=types.INT32, ndim=1)
     return decode_views(encoded, sample_ids, cfg)
 
 
