@@ -9,8 +9,8 @@ A block looks like this in a Markdown file (the name picks the generator below):
     ...table...
     <!-- end generated: demo-epochs -->
 
-Sources: benchmarks/results/cpu/ (CPU reference runs: demo/ = the demo's metrics.jsonl, config.json and run.json;
-interp-compare.json),
+Sources: benchmarks/results/cpu/ (CPU reference runs: demo/ = the demo's metrics.jsonl, config.yaml and run.json;
+interp-compare.json; scale.json from `i2e-bench scale`),
 benchmarks/results/*-proof.json (GPU proofs), pyproject.toml ([project.scripts]) and the recipe registry
 (i2e_dali.training.recipes). A measured number in the docs that is not in such a block carries the date
 and the command that gave it. Edit the sources, never the blocks: the next --check would fail.
@@ -23,6 +23,8 @@ import os
 import re
 import sys
 from pathlib import Path
+
+import yaml
 
 try:
     import tomllib
@@ -38,6 +40,7 @@ BLOCK = re.compile(
 )
 DEMO = Path("benchmarks/results/cpu/demo")
 INTERP = Path("benchmarks/results/cpu/interp-compare.json")
+SCALE = Path("benchmarks/results/cpu/scale.json")
 
 # One line per console script, with the guide that explains it. A script in pyproject.toml without a line
 # here makes --check fail: every CLI is in the table.
@@ -80,7 +83,7 @@ def _demo(root: Path) -> tuple[list[dict], dict, dict]:
     folder = root / DEMO
     lines = (folder / "metrics.jsonl").read_text().splitlines()
     epochs = [json.loads(line) for line in lines if line.strip()]
-    config = json.loads((folder / "config.json").read_text())
+    config = yaml.safe_load((folder / "config.yaml").read_text())
     run = json.loads((folder / "run.json").read_text())
     return epochs, config, run
 
@@ -94,8 +97,8 @@ def gen_demo_summary(root: Path, md_file: Path) -> str:
     return (
         f"| demo run ({run['date']}, {run['machine']}) | |\n|---|---|\n"
         f"| command | `{run['command']}` |\n"
-        f"| model | {config['arch']} width {config['width']}, T={config['timesteps']}, {config['size']} px, "
-        f"{len(epochs)} epochs |\n"
+        f"| model | {config['model']['arch']} width {config['model']['width']}, T={config['data']['timesteps']}, "
+        f"{config['data']['size']} px, {len(epochs)} epochs, batch {config['optim']['batch_size']} |\n"
         f"| best / last validation top-1 | **{last['best_top1']:.2f} %** / {last['val_top1']:.2f} % "
         f"({last['val_count']} images, chance 10 %) |\n"
         f"| training time | {train_s:.0f} s ({run['wall_s']:.0f} s wall with start-up and data generation) |\n"
@@ -155,7 +158,25 @@ def gen_interp(root: Path, md_file: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def gen_scale(root: Path, md_file: Path) -> str:
+    rec = json.loads((root / SCALE).read_text())
+    env = rec["environment"]
+    rows = ["| files | scan on every rank | index write (rank 0, once) | start from the index | "
+            "+ EventLoader (train, CPU) |", "|---|---|---|---|---|"]
+    for r in rec["results"]:
+        sc, wr, ix, ld = r["scan"], r["index-write"], r["from-index"], r["loader"]
+        rows.append(f"| {r['files']:,} | {sc['source_s']:.2f} s, +{sc['extra_rss_mb']:.0f} MB | "
+                    f"{wr['source_s']:.2f} s | {ix['source_s']:.2f} s, +{ix['extra_rss_mb']:.0f} MB | "
+                    f"{ld['loader_s']:.2f} s, +{ld['loader_extra_rss_mb']:.0f} MB in all |")
+    files = " ".join(str(f) for f in rec["settings"]["files"])
+    rows.append(f"\n*{env['date'][:10]}, {env['cpu_cores']}-core {env['cpu']} (shared with other jobs), hard links "
+                f"to real JPEGs in {rec['settings']['classes']} classes, warm page cache, each step a fresh "
+                f"process: `i2e-bench scale --out DIR --files {files}`*")
+    return "\n".join(rows) + "\n"
+
+
 GENERATORS = {
+    "folder-scale": gen_scale,
     "interp-compare": gen_interp,
     "clis": gen_clis,
     "demo-summary": gen_demo_summary,
