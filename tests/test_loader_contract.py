@@ -178,3 +178,24 @@ def test_bad_arguments_name_the_argument(tmp_path):
         with pytest.raises(ConfigError, match=name) as err:
             make_loader(root, split, batch, **args)
         assert isinstance(err.value, I2EError) and isinstance(err.value, ValueError)
+
+
+def test_device_names_are_checked():
+    from i2e_dali.placement import resolve_device
+
+    assert resolve_device("auto") == (torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available()
+                                      else torch.device("cpu"))
+    with pytest.raises(ConfigError, match="device"):
+        resolve_device("tpu")
+
+
+@pytest.mark.gpu
+def test_auto_device_follows_local_rank_when_the_loader_is_built(monkeypatch):
+    from i2e_dali.placement import resolve_device
+
+    n = torch.cuda.device_count()
+    torch.cuda.set_device(0)  # a loader built before torch.cuda.set_device(local_rank) must not land here
+    for local in range(n + 1):
+        monkeypatch.setenv("LOCAL_RANK", str(local))
+        assert resolve_device("auto") == torch.device("cuda", local % n)
+        assert resolve_device("cuda") == torch.device("cuda", local % n)
