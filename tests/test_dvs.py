@@ -401,7 +401,7 @@ def test_spikingjelly_layout_is_found(tmp_path):
 
 def trainer_dvs_loaders(args):
     """The trainer's own path: flags -> resolved config -> training.data.build_loaders."""
-    from i2e_dali.training.config import build_parser, resolve_config
+    from i2e_dali.training.cli import parse_config
     from i2e_dali.training.data import build_loaders
     from i2e_dali.training.runtime import Runtime
 
@@ -410,7 +410,7 @@ def trainer_dvs_loaders(args):
             "--val-fraction", str(args.val_fraction)]
     if not getattr(args, "progress", True):
         argv.append("--no-progress")
-    return build_loaders(resolve_config(build_parser().parse_args(argv)), Runtime(torch.device("cpu")))
+    return build_loaders(parse_config(argv), Runtime(torch.device("cpu")))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -469,12 +469,12 @@ _DIST_WORKER = textwrap.dedent(
     args = argparse.Namespace(data={data!r}, batch_size=2, timesteps=4, seed=1, workers=0, device="cpu",
                               cache_dir={cache!r}, val_fraction=0.25, progress=False)
     try:
-        from i2e_dali.training.config import build_parser, resolve_config
+        from i2e_dali.training.cli import parse_config
         from i2e_dali.training.data import build_loaders
         from i2e_dali.training.runtime import Runtime
-        cfg = resolve_config(build_parser().parse_args([
+        cfg = parse_config([
             "--dataset", "cifar10-dvs", "--data", args.data, "-b", "2", "-T", "4", "--seed", "1", "--workers", "0",
-            "--device", "cpu", "--cache-dir", args.cache_dir, "--val-fraction", "0.25", "--no-progress"]))
+            "--device", "cpu", "--cache-dir", args.cache_dir, "--val-fraction", "0.25", "--no-progress"])
         train, val = build_loaders(cfg, Runtime(torch.device("cpu"), rank, 2))
     except dvs.DVSFormatError as exc:
         json.dump({{"error": str(exc)}}, open({outdir!r} + f"/rank{{rank}}.json", "w"))

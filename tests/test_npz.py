@@ -24,13 +24,13 @@ from i2e_dali.data.npz import (
 
 def build_loaders(args):
     """The trainer's own path: flags -> resolved config -> training.data.build_loaders."""
-    from i2e_dali.training.config import build_parser, resolve_config
+    from i2e_dali.training.cli import parse_config
     from i2e_dali.training.data import build_loaders as trainer_loaders
     from i2e_dali.training.runtime import Runtime
 
-    cfg = resolve_config(build_parser().parse_args([
+    cfg = parse_config([
         "--dataset", "i2e-npz", "--data", args.data, "-b", str(args.batch_size), "-T", str(args.timesteps),
-        "--seed", str(args.seed), "--workers", str(args.workers), "--device", "cpu"]))
+        "--seed", str(args.seed), "--workers", str(args.workers), "--device", "cpu"])
     return trainer_loaders(cfg, Runtime(torch.device("cpu")))
 
 

@@ -57,7 +57,9 @@ def test_reference_run_writes_everything(reference):
     ck = _load(reference / "last.pt")
     assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (2, 0, 32)
     assert ck["arch"] == "msresnet18" and ck["width"] == 4 and ck["num_classes"] == 4 and ck["dataset"] == "imagenet"
-    assert ck["ranks"][0]["loader"]["dali"]  # DALI's own checkpoint of the reader and random operators
+    # at an epoch end the loader stands at the next epoch's start, whose pipeline is rebuilt from (seed, epoch)
+    loader = ck["ranks"][0]["loader"]
+    assert (loader["epoch"], loader["consumed"], loader["dali"]) == (2, 0, None)
     best = _load(reference / "best.pt")
     assert best["best_top1"] == max(r["val_top1"] for r in m)
     assert "epoch 2/2: val top-1" in (reference / "train.log").read_text()
@@ -97,6 +99,7 @@ def test_sigkill_mid_epoch_then_resume(data4, reference, tmp_path):
     assert all(step % 3 == 0 or in_epoch == 0 for _, in_epoch, step in seen)
     at_kill = _load(tmp_path / "last.pt")
     assert at_kill["step_in_epoch"] > 0 and at_kill["global_step"] % 3 == 0
+    assert at_kill["ranks"][0]["loader"]["dali"]  # mid-epoch: DALI's own checkpoint of reader and random ops
     main(tiny_args(data4, tmp_path, "--ckpt-every", "3", "--resume", "auto"))
     log = (tmp_path / "train.log").read_text()
     assert f"step {at_kill['step_in_epoch']} of 16 (global step {at_kill['global_step']})" in log

@@ -14,7 +14,6 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 __all__ = ["main", "report_for_checkpoint"]
 
@@ -81,7 +80,7 @@ def report_for_checkpoint(checkpoint, *, data=None, dataset=None, batches: int |
     ckpt = load_checkpoint(args.checkpoint)
     targs = _trainer_config(ckpt, args)
     rt = init_runtime(targs.run.device)
-    _, val = build_loaders(SimpleNamespace(**targs.flat(), data=targs.data.root), rt, need_train=False)
+    _, val = build_loaders(targs, rt, need_train=False)
     if val.num_classes != ckpt.get("num_classes"):
         raise ValueError(f"{checkpoint} has {ckpt.get('num_classes')} classes, the data set {val.num_classes}")
     model = model_for(targs, ckpt["num_classes"])  # the run's own builder: --input rgb|v stems included

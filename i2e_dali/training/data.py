@@ -1,17 +1,17 @@
-"""The trainer's data: ``--dataset`` kind -> (train loader, val loader).
+"""The trainer's data: ``config.data.dataset`` kind -> (train loader, val loader).
 
-The one place where the trainer's flags become the loaders' explicit keyword arguments; everything in
-``i2e_dali.data`` below takes keywords only and never sees an argparse namespace.
+The one place where a run's TrainConfig becomes the loaders' explicit keyword arguments; everything in
+``i2e_dali.data`` below takes keywords only and never sees the trainer's config.
 """
 from __future__ import annotations
 
-import argparse
 import logging
 from pathlib import Path
 
 import torch
 
-from ..errors import TrainError
+from ..errors import ConfigError, TrainError
+from .config import DataConfig, TrainConfig
 from .runtime import Runtime, resolve_amp
 
 __all__ = ["build_loaders", "events_dtype"]
@@ -26,52 +26,55 @@ def events_dtype(amp: str, device: torch.device) -> torch.dtype:
     return amp_dtype or torch.float32
 
 
-def build_loaders(args: argparse.Namespace, rt: Runtime, *, need_train: bool = True):
-    """(train_loader or None, val_loader) for ``args.dataset``, built by ``i2e_dali.make_loader``; errors
-    name the flag and the folder."""
+def build_loaders(config: TrainConfig, rt: Runtime, *, need_train: bool = True):
+    """(train_loader or None, val_loader) for ``config.data.dataset``, built by ``i2e_dali.make_loader``;
+    errors name the flag and the folder. ``config.data.workers`` as given (the run passes the thread count
+    it picked for a CPU, training/runtime.configure_cpu_threads)."""
     from ..convert import Conversion
     from ..data.factory import FRAME_KINDS, make_loader
 
-    kind = args.dataset
-    dtype = events_dtype(args.amp, rt.device)
-    common = dict(dataset=kind, device=str(rt.device), seed=args.seed, workers=args.workers, size=args.size,
-                  progress=rt.is_main and args.progress)
+    d, o = config.data, config.optim
+    kind = d.dataset
+    dtype = events_dtype(o.amp, rt.device)
+    progress = rt.is_main and config.run.progress
+    common = dict(dataset=kind, device=str(rt.device), seed=o.seed, workers=d.workers, size=d.size,
+                  progress=progress)
     if kind in FRAME_KINDS:
-        _check_data_dir(args.data)
-        common.update(conversion=Conversion(dtype=dtype), timesteps=args.timesteps)
+        _check_data_dir(d.root)
+        common.update(conversion=Conversion(dtype=dtype), timesteps=d.timesteps)
         if kind == "cifar10-dvs":
-            common.update(flip=args.dvs_flip, source_options=dict(
-                cache_dir=args.cache_dir, val_fraction=args.val_fraction, split=args.dvs_split,
-                polarity=args.dvs_polarity, binarize=args.dvs_binarize))
+            common.update(flip=d.dvs_flip, source_options=dict(
+                cache_dir=d.cache_dir, val_fraction=d.val_fraction, split=d.dvs_split,
+                polarity=d.dvs_polarity, binarize=d.dvs_binarize))
         else:
-            common["size"] = args.size  # npz: the frame size of sparse files without a stored shape
-        data = args.data
+            common["size"] = d.size  # npz: the frame size of sparse files without a stored shape
+        data = d.root
     else:
         if kind == "demo":
-            data = args.demo_dir
+            data = d.demo_dir
         else:
-            _check_data_dir(args.data)
-            data = args.data
-        fixed = args.fixed_threshold
+            _check_data_dir(d.root)
+            data = d.root
+        fixed = d.fixed_threshold
         common.update(
-            conversion=Conversion(ratio=args.ratio, timesteps=args.timesteps, order=args.order,
-                                  per_sample=not args.batch_motions, dtype=dtype, random_motion=args.random_motion,
+            conversion=Conversion(ratio=d.ratio, timesteps=d.timesteps, order=d.order,
+                                  per_sample=not d.batch_motions, dtype=dtype, random_motion=d.random_motion,
                                   threshold="adaptive" if fixed is None else "fixed", threshold_value=fixed,
-                                  output=args.input),
-            aug=args.aug, source_options=_exclusions(args, data, kind, rt))
-    val = make_loader(data, "val", args.batch_size, **common)
-    train = make_loader(data, "train", args.batch_size, **common) if need_train else None
+                                  output=d.input),
+            aug=d.aug, source_options=_exclusions(d, data, rt, progress=progress))
+    val = make_loader(data, "val", o.batch_size, **common)
+    train = make_loader(data, "train", o.batch_size, **common) if need_train else None
     return train, val
 
 
-def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
+def _exclusions(d: DataConfig, root, rt: Runtime, *, progress: bool) -> dict:
     """``exclude=`` for the folder sources from --exclude-list and --skip-bad (the decode check, cached)."""
-    listed, skip = args.exclude_list, args.skip_bad
+    listed, skip, kind = d.exclude_list, d.skip_bad, d.dataset
     if not listed and not skip:
         return {}
     if kind not in ("imagenet", "folder", "demo"):
         flag = "--exclude-list" if listed else "--skip-bad"
-        raise TrainError(f"{flag} applies to image-folder data sets (ImageNet layout), not --dataset {args.dataset}")
+        raise ConfigError(f"{flag} applies to image-folder data sets (ImageNet layout), not --dataset {kind}")
     from ..data.decode_check import skip_bad_check
     from ..data.exclude import ExcludeList, read_exclude_list
 
@@ -79,7 +82,7 @@ def _exclusions(args, root, kind: str, rt: Runtime) -> dict:
     if skip:
         # every rank checks its share and the shares are merged, in a process group of the check's own
         # whose timeout no large data set reaches (data/decode_check.skip_bad_check)
-        found = skip_bad_check(root, progress=rt.is_main and args.progress, log=log.info if rt.is_main else None)
+        found = skip_bad_check(root, progress=progress, log=log.info if rt.is_main else None)
         checked = ExcludeList(found, "the --skip-bad check")
         excl = excl + checked if listed else checked
     return dict(exclude=excl)

@@ -67,11 +67,6 @@ def model_for(config: TrainConfig, num_classes: int) -> nn.Module:
                      timesteps=d.timesteps, in_channels=input_channels(d.input))
 
 
-def _loader_args(config: TrainConfig):
-    """The flat view the loader builder reads (training/data.py)."""
-    return SimpleNamespace(**config.flat(), data=config.data.root)
-
-
 def _open_writer(output_dir: Path, enabled: bool):
     if not enabled:
         return None
@@ -109,7 +104,7 @@ def _session(config: TrainConfig, *, training: bool):
         # config as resolved (a repeat on another machine picks its own)
         loader_config = config.replace(workers=workers) if workers != config.data.workers else config
         torch.manual_seed(config.optim.seed)  # same initial weights on every rank (DDP also broadcasts them)
-        train_loader, val_loader = build_loaders(_loader_args(loader_config), rt, need_train=training)
+        train_loader, val_loader = build_loaders(loader_config, rt, need_train=training)
         num_classes = val_loader.num_classes
         if train_loader is not None and train_loader.num_classes != num_classes:
             raise TrainError(f"train has {train_loader.num_classes} classes but val has {num_classes}")
