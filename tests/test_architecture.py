@@ -144,11 +144,17 @@ def test_user_facing_errors_share_one_base():
     assert all(issubclass(c, errors.I2EError) for c in classes)
 
 
-def test_old_module_paths_still_import():
-    """Scripts written against the flat layout keep working: the old names are the new modules."""
-    import importlib
+def test_front_door_is_light_and_old_paths_are_gone():
+    """``import i2e_dali`` loads neither DALI nor the drop-ins' libraries; the front-door names resolve on
+    first use; the flat layout's module paths (removed with the old-path finder) no longer import."""
+    import subprocess
+    import sys
 
-    from i2e_dali import _MOVED
-
-    for old, new in _MOVED.items():
-        assert importlib.import_module(old) is importlib.import_module(new), old
+    code = ("import sys, i2e_dali; heavy = [m for m in ('nvidia.dali', 'torchvision', 'spikingjelly', 'tonic', "
+            "'lightning') if m in sys.modules]; assert not heavy, heavy; "
+            "from i2e_dali import make_loader, Batch, Conversion, DaliOptions, I2ETransform, I2EEncoder, ToTonicEvents; "
+            "import importlib.util as u; "
+            "gone = [m for m in ('i2e_dali.datasets', 'i2e_dali.loader', 'i2e_dali.npz', 'i2e_dali.bench') "
+            "if u.find_spec(m) is not None]; assert not gone, gone")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
