@@ -12,6 +12,8 @@ import torch
 
 from pipelines import DEFAULT_SEED  # the one home of the default seed
 
+from .errors import ConfigError
+
 __all__ = ["DEFAULT_SEED", "resolve_device", "local_cuda_index", "default_shard", "usable_cores", "cores_per_rank"]
 
 
@@ -48,7 +50,6 @@ def local_cuda_index() -> int:
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """"auto"/None -> this process's CUDA device if torch sees one (see :func:`local_cuda_index`), else the
     CPU; "cuda" -> the same local device; "cuda:N" and "cpu" as given. A bad value is a ConfigError."""
-    from .errors import ConfigError
 
     if device is None or (isinstance(device, str) and device == "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -74,9 +75,9 @@ def default_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, in
             return dist.get_rank(), dist.get_world_size()
         return 0, 1
     if shard_id is None or num_shards is None:
-        raise ValueError("give both shard_id and num_shards, or neither (then torch.distributed decides)")
+        raise ConfigError("give both shard_id and num_shards, or neither (then torch.distributed decides)")
     if isinstance(num_shards, bool) or not isinstance(num_shards, int) or num_shards < 1:
-        raise ValueError(f"num_shards must be a positive int, got {num_shards!r}")
+        raise ConfigError(f"num_shards must be a positive int, got {num_shards!r}")
     if isinstance(shard_id, bool) or not isinstance(shard_id, int) or not 0 <= shard_id < num_shards:
-        raise ValueError(f"shard_id must be an int in 0..{num_shards - 1}, got {shard_id!r}")
+        raise ConfigError(f"shard_id must be an int in 0..{num_shards - 1}, got {shard_id!r}")
     return shard_id, num_shards

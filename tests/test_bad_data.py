@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from i2e_dali.errors import ConfigError
 from i2e_dali.tools.check import check_folder
 from i2e_dali.data.sources import (
     CifarSource,
@@ -180,16 +181,16 @@ def test_cifar_pickle_cannot_run_code(tmp_path):
 
 def test_loader_rejects_bad_arguments(tmp_path):
     src = ImageFolderSource(make_folder(tmp_path / "t", {"a": 2}, seed=0))
-    with pytest.raises(ValueError, match="batch_size"):
+    with pytest.raises(ConfigError, match="batch_size"):
         EventLoader(src, 0, train=False, device="cpu")
-    with pytest.raises(ValueError, match="eval_view"):
+    with pytest.raises(ConfigError, match="eval_view"):
         EventLoader(src, 1, train=False, device="cpu", eval_view="zoom")
-    with pytest.raises(TypeError, match="ImageFolderSource"):
+    with pytest.raises(ConfigError, match="ImageFolderSource"):
         EventLoader("/some/path", 1, train=False, device="cpu")
-    with pytest.raises(ValueError, match="shard_id"):
+    with pytest.raises(ConfigError, match="shard_id"):
         EventLoader(src, 1, train=False, device="cpu", shard_id=2, num_shards=2)
     if not torch.cuda.is_available():
-        with pytest.raises(ValueError, match="no CUDA"):
+        with pytest.raises(ConfigError, match="no CUDA"):
             EventLoader(src, 1, train=False, device="cuda")
 
 
