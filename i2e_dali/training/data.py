@@ -63,8 +63,16 @@ def build_loaders(config: TrainConfig, rt: Runtime, *, need_train: bool = True):
                                   output=d.input),
             aug=d.aug, source_options=_exclusions(d, data, rt, progress=progress))
     val = make_loader(data, "val", o.batch_size, **common)
-    train = make_loader(data, "train", o.batch_size, **common) if need_train else None
-    return train, val
+    if not need_train:
+        return None, val
+    if o.mixup and kind not in FRAME_KINDS:
+        # CutMix/MixUp on the images before conversion (training/mixing.py); a loader's batch type (with the
+        # soft targets) is fixed when it is built, so the mixer comes with it. Event kinds: the Trainer mixes
+        # the frames.
+        from .mixing import BatchMixer
+
+        common["mix"] = BatchMixer(val.num_classes)
+    return make_loader(data, "train", o.batch_size, **common), val
 
 
 def _exclusions(d: DataConfig, root, rt: Runtime, *, progress: bool) -> dict:

@@ -219,10 +219,12 @@ class Trainer:
 
             self._temporal_subset, self._mixing_active = temporal_subset, mixing_active
         if optim.mixup:
-            self.mixer = BatchMixer(train_loader.num_classes)
-            if hasattr(train_loader, "mix"):
-                train_loader.mix = self.mixer
-            else:
+            # the live loader mixes the images before conversion: it is built with its mixer (a loader's batch
+            # type is fixed when it is built; training/data.build_loaders); event data sets have no images:
+            # their frames are mixed here
+            self.mixer = getattr(train_loader, "mix", None)
+            if self.mixer is None:
+                self.mixer = BatchMixer(train_loader.num_classes)
                 self._mix_frames = True
 
     # ---------------------------------------------------------------------------------------------
