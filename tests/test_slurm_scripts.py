@@ -20,7 +20,7 @@ SCRIPTS = sorted(SLURM.glob("*.sbatch"))
 # records its arguments (one per line), the signal list torchrun's agent will handle, then obeys $STANDIN_MODE
 SRUN = r"""#!/bin/bash
 printf '%s\n' "$@" > "$STANDIN_DIR/srun.args"
-printf '%s\n' "${TORCHELASTIC_SIGNALS_TO_HANDLE:-}" > "$STANDIN_DIR/srun.env"
+printf '%s\n' "${TORCHELASTIC_SIGNALS_TO_HANDLE:-}" "${TORCH_DISABLE_SHARE_RDZV_TCP_STORE:-}" > "$STANDIN_DIR/srun.env"
 if [ "${STANDIN_MODE:-}" = wait ]; then
     trap 'echo USR1 >> "$STANDIN_DIR/srun.signals"; exit 75' USR1
     touch "$STANDIN_DIR/srun.started"
@@ -78,7 +78,7 @@ def test_one_node_dry_run(standins):
         "--resume", "auto", "--ckpt-every", "500", "--stop-signals", "SIGTERM,SIGUSR1", "--requeue-on-signal",
         "--recipe", "paper-r18", "--epochs", "90",
     ]
-    assert (tmp / "srun.env").read_text().split() == ["SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1"]
+    assert (tmp / "srun.env").read_text().split() == ["SIGTERM,SIGINT,SIGHUP,SIGQUIT,SIGUSR1", "1"]
     assert "srun exited with status 0" in res.stdout
 
 

@@ -27,6 +27,7 @@ from ..models import unwrap
 from .checkpoint import CKPT_FORMAT, load_state_into, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .epoch_pass import EpochPass as _EpochPass
+from .preempt import StopGuard
 from .runtime import gather
 
 __all__ = ["make_train_step", "evaluate", "build_optimizer", "param_groups", "TrainState", "Trainer"]
@@ -100,7 +101,8 @@ def evaluate(
     progress: bool = False,
     desc: str = "val",
     firing_rates: bool = False,
-) -> dict[str, float]:
+    should_stop: Callable[[int], bool] | None = None,
+) -> dict[str, float] | None:
     """Top-1/top-5 (%) and mean loss over every validation sample, each counted exactly once.
 
     Under DDP each rank evaluates its shard (the loader keeps and trims the last batch, no padding) and
@@ -110,6 +112,9 @@ def evaluate(
 
     ``firing_rates``: also return ``firing_rates`` = {stage: mean firing rate} (this rank's shard), from
     spikingjelly monitors on the neurons: one reduction per neuron layer per batch, no extra host sync.
+
+    ``should_stop(i)``: asked before batch ``i`` (a stop signal, training/preempt.py); True ends the
+    evaluation there and returns None.
     """
     net = unwrap(model)
     meter = SpikeRateMeter(net).__enter__() if firing_rates else None
@@ -120,8 +125,10 @@ def evaluate(
     count = 0  # counted on the host: no host->device copy per validation step
     total = len(loader) if hasattr(loader, "__len__") else None
     try:
-        for events, labels in tqdm(loader, total=total, desc=desc, disable=not progress, leave=False,
-                                   dynamic_ncols=True):
+        for i, (events, labels) in enumerate(tqdm(loader, total=total, desc=desc, disable=not progress, leave=False,
+                                                  dynamic_ncols=True)):
+            if should_stop is not None and should_stop(i):
+                return None
             if channels_last:
                 events = _to_channels_last(events)
             try:
@@ -208,6 +215,9 @@ class Trainer:
         self._epoch_loss_sum = 0.0  # this rank's loss sum / steps of the current epoch, kept across a resume
         self._epoch_steps = 0
         self._epoch_hits = 0  # this rank's top-1 hits on the true labels, same life as the loss sum
+        self.stop = None  # the StopGuard while fit() runs (stop signals: training/preempt.py)
+        self._pending_stats = None  # an epoch trained, not yet evaluated, when a stop came (saved; resumed)
+        self._saved_step = -1  # global step of the last mid-epoch checkpoint
         # --mixup: on the images before conversion where the loader converts (EventLoader.mix), else on the
         # frames here; --t-train K: K random timesteps per batch (training/mixing.py)
         self.t_train = int(optim.t_train or 0)
@@ -258,6 +268,7 @@ class Trainer:
             "best_top1": s.best_top1,
             "world_size": self.rt.world_size,
             "ranks": ranks,
+            "train_stats": self._pending_stats,
             "config": self.config.to_dict(),  # plain values: loadable with weights_only=True
             "saved_at": time.time(),
         }
@@ -278,6 +289,8 @@ class Trainer:
         if self.scaler is not None and ckpt.get("scaler"):
             self.scaler.load_state_dict(ckpt["scaler"])
         self.state = TrainState(ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"], ckpt["best_top1"])
+        if self.state.step_in_epoch >= self.steps_per_epoch:  # stopped after training, before evaluation
+            self._pending_stats = ckpt.get("train_stats")
         ranks = ckpt.get("ranks") or []
         if ckpt.get("world_size") == self.rt.world_size and len(ranks) == self.rt.world_size:
             mine = ranks[self.rt.rank]
@@ -307,6 +320,9 @@ class Trainer:
     # close the pass and reduce the epoch's numbers.
     def train_one_epoch(self) -> dict:
         """One pass over the training loader (from the resumed position), with timing and checkpoints."""
+        if self._pending_stats is not None:  # trained before a stop (see restore): its evaluation comes next
+            stats, self._pending_stats = self._pending_stats, None
+            return stats
         ep = self._begin_epoch()
         n, s = self.steps_per_epoch, self.state
         try:
@@ -320,7 +336,7 @@ class Trainer:
                 if ep.timer.window_full(self.config.run.log_every) or i + 1 == n:
                     self._log_window(ep, loss)
                 self._maybe_checkpoint(ep, i)
-                self._at_step_boundary()
+                self._at_step_boundary(ep, i)
         finally:
             ep.bar.close()
         self._close_pass(ep)
@@ -414,14 +430,23 @@ class Trainer:
         """last.pt every --ckpt-every steps (not on an epoch's last step: the epoch end saves it)."""
         every = self.config.run.ckpt_every
         if every and self.state.global_step % every == 0 and i + 1 < self.steps_per_epoch:
-            self._epoch_loss_sum, self._epoch_steps = ep.loss_sum.item(), ep.prior_steps + ep.steps
-            self._epoch_hits = int(self.step_fn.hits.item()) if ep.hits is not None else 0
-            self.save("last.pt")
+            self._save_mid_epoch(ep)
             ep.timer.skip()  # checkpoint time is neither data wait nor compute
 
-    def _at_step_boundary(self) -> None:
+    def _save_mid_epoch(self, ep: _EpochPass) -> None:
+        """last.pt at this step, with this rank's running sums of the epoch (once per step)."""
+        if self._saved_step == self.state.global_step:
+            return
+        self._epoch_loss_sum, self._epoch_steps = ep.loss_sum.item(), ep.prior_steps + ep.steps
+        self._epoch_hits = int(self.step_fn.hits.item()) if ep.hits is not None else 0
+        self.save("last.pt")
+        self._saved_step = self.state.global_step
+
+    def _at_step_boundary(self, ep: _EpochPass, i: int) -> None:
         """Called after every training step, once its checkpoint (if due) is written: the one place where a
         run may decide to stop between steps (stop signals / preemption: training/preempt.py)."""
+        if self.stop is not None:
+            self.stop.at_step(self, ep, i)
 
     def _close_pass(self, ep: _EpochPass) -> None:
         loader = self.train_loader
@@ -469,29 +494,35 @@ class Trainer:
         cfg, s = self.config, self.state
         last_epoch = cfg.run.stop_after_epoch or cfg.optim.epochs
         history: list[dict] = []
-        while s.epoch < last_epoch:
-            t0 = time.perf_counter()
-            train_stats = self.train_one_epoch()
-            val = evaluate(self.model, self.val_loader, amp_dtype=self.amp_dtype, channels_last=cfg.optim.channels_last,
-                           progress=self.rt.is_main and cfg.run.progress, desc=f"val {s.epoch + 1}",
-                           firing_rates=self.rt.is_main)
-            s.epoch += 1
-            s.step_in_epoch = 0
-            is_best = val["top1"] > s.best_top1
-            s.best_top1 = max(s.best_top1, val["top1"])
-            self.save(*(("last.pt", "best.pt") if is_best else ("last.pt",)))
-            result = {
-                "epoch": s.epoch,
-                "global_step": s.global_step,
-                **{f"train_{k}": v for k, v in train_stats.items()},
-                **{f"val_{k}": v for k, v in val.items()},
-                "best_top1": s.best_top1,
-                "epoch_time_s": time.perf_counter() - t0,
-                "time": time.time(),
-            }
-            if self.rt.is_main:
-                self._report_epoch(result)
-            history.append(result)
+        with StopGuard(cfg.run.stop_signals, self.rt, requeue=cfg.run.requeue_on_signal) as self.stop:
+            while s.epoch < last_epoch:
+                t0 = time.perf_counter()
+                train_stats = self.train_one_epoch()
+                # a stop here or during the evaluation saves the trained epoch; the resumed run evaluates it
+                self.stop.after_training(self, train_stats)
+                val = evaluate(self.model, self.val_loader, amp_dtype=self.amp_dtype,
+                               channels_last=cfg.optim.channels_last, progress=self.rt.is_main and cfg.run.progress,
+                               desc=f"val {s.epoch + 1}", firing_rates=self.rt.is_main,
+                               should_stop=self.stop.eval_guard(self.val_loader))
+                self.stop.after_evaluation(self, train_stats, val)
+                s.epoch += 1
+                s.step_in_epoch = 0
+                is_best = val["top1"] > s.best_top1
+                s.best_top1 = max(s.best_top1, val["top1"])
+                self.save(*(("last.pt", "best.pt") if is_best else ("last.pt",)))
+                result = {
+                    "epoch": s.epoch,
+                    "global_step": s.global_step,
+                    **{f"train_{k}": v for k, v in train_stats.items()},
+                    **{f"val_{k}": v for k, v in val.items()},
+                    "best_top1": s.best_top1,
+                    "epoch_time_s": time.perf_counter() - t0,
+                    "time": time.time(),
+                }
+                if self.rt.is_main:
+                    self._report_epoch(result)
+                history.append(result)
+                self.stop.after_epoch_save(self)  # a stop during that save: it is the checkpoint to resume
         return history
 
     def _report_epoch(self, r: dict) -> None:
