@@ -301,3 +301,25 @@ def test_gpu_decode_over_shards_equals_folder(data):
         assert x[0].is_cuda and torch.equal(x[0], y[0]) and torch.equal(x[1], y[1]) and torch.equal(x[2], y[2])
     train = EventLoader(ShardSource(str(data / "wds" / "train")), 4, train=True, **kw)
     assert sorted(int(i) for b in train for i in b[2].tolist()) == list(range(16))
+
+
+def test_i2e_shard_under_torchrun_writes_the_same_shards(data, tmp_path):
+    """Two ranks (gloo) each write their share of the shards; rank 0 writes manifest and class map after the
+    barrier: the result is byte for byte what one process writes."""
+    from train_helpers import REPO, free_port, subprocess_env
+
+    out = tmp_path / "dist"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(free_port()),
+           "-m", "i2e_dali.tools.shard", str(data / "ds"), str(out), "--shard-size", "8k", "--workers", "1"]
+    r = subprocess.run(cmd, cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    for split in ("train", "val"):
+        mine = sorted(p.name for p in (out / split).iterdir())
+        assert mine == sorted(p.name for p in (data / "wds" / split).iterdir())
+        for name in mine:
+            if not name.endswith(".npz"):
+                assert (out / split / name).read_bytes() == (data / "wds" / split / name).read_bytes(), name
+        a, b = ShardSource(str(out / split)), ShardSource(str(data / "wds" / split))
+        assert a.label_array.tolist() == b.label_array.tolist() and a.samples == [
+            (s.replace(str(data / "wds"), str(out)), lab) for s, lab in b.samples]
+    assert (out / "classes.json").read_text() == (data / "wds" / "classes.json").read_text()
