@@ -184,6 +184,23 @@ def test_a_bug_keeps_its_traceback(tmp_path, monkeypatch):
         main(["--no-progress", "-o", str(tmp_path / "out"), "--demo-dir", str(tmp_path / "demo")])
 
 
+def test_no_namespace_below_the_command_line():
+    """argparse lives in the CLI modules only; the Trainer and the checks take the config or keywords."""
+    import inspect
+
+    from i2e_dali.training import Trainer
+    from i2e_dali.training.checkpoint import check_compatible
+    from i2e_dali.training.schedule import check_schedule
+
+    users = sorted(str(p.relative_to(REPO)) for p in (REPO / "i2e_dali").rglob("*.py") if "argparse" in p.read_text())
+    assert [u for u in users if not u.startswith("i2e_dali/tools/")] == ["i2e_dali/training/cli.py",
+                                                                           "i2e_dali/training/options.py"]
+    assert "args" not in inspect.signature(Trainer).parameters
+    assert list(inspect.signature(Trainer).parameters)[0] == "config"
+    for fn in (check_compatible, check_schedule):
+        assert "args" not in inspect.signature(fn).parameters
+
+
 def test_train_refuses_what_is_not_a_config():
     with pytest.raises(ConfigError, match="TrainConfig"):
         train({"optim": {"epochs": 1}})
