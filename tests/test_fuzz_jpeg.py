@@ -66,7 +66,8 @@ def _fuzz(tmp_path: Path, n: int, seed: int, ops, time_limit: float, batch_size:
 
 
 def test_fuzz_jpeg_check_short(tmp_path):
-    # the damage kinds of a scraped data set, and bit flips; sizes are never made huge (slow, not wrong)
+    # the damage kinds of a scraped data set, and bit flips (absurd declared sizes are refused by the pixel
+    # limit before any decoding, so they cost nothing)
     outcome = _fuzz(tmp_path, 32, 2026, tuple(JPEG_DAMAGE.values()) + (bit_flips,), time_limit=60)
     assert outcome["cannot be decoded"] >= 8  # truncated and size-rewritten files always fail
 
@@ -76,3 +77,49 @@ def test_fuzz_jpeg_check_long(tmp_path):
     n = int(os.environ.get("I2E_FUZZ_JPEG_N", "400"))
     _fuzz(tmp_path, n, int(os.environ.get("I2E_FUZZ_SEED", "7")), tuple(JPEG_DAMAGE.values()) + GENERIC,
           time_limit=60, batch_size=32)
+
+
+# --------------------------------------------------------------------------------------------------
+# the loader: whatever the damage, a training or evaluation pass ends, or stops with the project's error
+# naming the damaged file; never a raw DALI RuntimeError
+# --------------------------------------------------------------------------------------------------
+def _fuzz_loader(tmp_path: Path, n: int, seed: int, ops) -> collections.Counter:
+    from i2e_dali.data.event_loader import DaliOptions, EventLoader
+    from i2e_dali.data.sources import ImageFolderSource
+    from i2e_dali.errors import UndecodableImageError
+
+    seeds = _seeds(tmp_path)
+    outcome = collections.Counter()
+    for i in range(n):
+        rng = random.Random(f"loader/{seed}/{i}")
+        root = tmp_path / f"set{i:03d}"
+        (root / "x").mkdir(parents=True)
+        for j in range(3):
+            (root / "x" / f"clean{j}.jpg").write_bytes(seeds[(i + j) % len(seeds)])
+        op = rng.choice(ops)
+        damaged = root / "x" / "damaged.jpg"
+        damaged.write_bytes(mutate(rng.choice(seeds), rng, (op,), rounds=1 if op in JPEG_DAMAGE.values() else None))
+        for train in (True, False):
+            loader = EventLoader(ImageFolderSource(root), 2, train=train, device="cpu", crop_size=16, resize_size=20,
+                                 dali=DaliOptions(num_threads=1))
+            try:
+                seen = sum(b[1].shape[0] for b in loader)
+                assert seen == (4 if not train else 4 // 2 * 2)
+                outcome["passes"] += 1
+            except UndecodableImageError as exc:
+                assert str(damaged) in str(exc) and "i2e-check" in str(exc), str(exc)
+                outcome["named"] += 1
+            # anything else (a raw RuntimeError from DALI) fails the test here
+    print(f"\nloader fuzz seed {seed}: {n} damaged files x 2 views: {dict(outcome)}")
+    return outcome
+
+
+def test_fuzz_loader_short(tmp_path):
+    outcome = _fuzz_loader(tmp_path, 10, 2027, tuple(JPEG_DAMAGE.values()))
+    assert outcome["named"] >= 4
+
+
+@pytest.mark.fuzz
+def test_fuzz_loader_long(tmp_path):
+    _fuzz_loader(tmp_path, int(os.environ.get("I2E_FUZZ_LOADER_N", "80")), int(os.environ.get("I2E_FUZZ_SEED", "7")),
+                 tuple(JPEG_DAMAGE.values()) + GENERIC)

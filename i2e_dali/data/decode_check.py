@@ -109,7 +109,9 @@ def find_culprits(files: list[str], message: str = "", *, num_threads: int | Non
     in ``files`` is at fault."""
     named = named_in_message(message)
     if named:
-        return [(named[0], "named by DALI")]
+        # the loader's readers may take paths relative to a file_root: name the file as the user knows it
+        full = [f for f in files if f == named[0] or f.endswith(os.sep + named[0].lstrip(os.sep))]
+        return [(full[0] if len(full) == 1 else named[0], "named by DALI")]
     limit = default_max_pixels() if max_pixels is _USE_DEFAULT else max_pixels
     _log.warning("a DALI error named no file; searching %d file(s) for the culprit in isolated processes",
                  len(files))
