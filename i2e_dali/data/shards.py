@@ -84,14 +84,12 @@ def _read(path: str) -> bytes:
         raise DatasetError(f"cannot read {path} ({exc})") from exc
 
 
-def _exists(path: str) -> bool:
-    if is_s3(path):
-        try:
-            read_s3_bytes(path)  # small files only (manifest, class map)
-            return True
-        except MissingDataError:
-            return False
-    return os.path.exists(path)
+def _read_if_there(path: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist (one read: an s3 object is fetched once)."""
+    try:
+        return _read(path)
+    except MissingDataError:
+        return None
 
 
 def _sizes(paths: list[str]) -> list[int | None]:
@@ -130,8 +128,9 @@ class ShardSource:
         self.spec = spec
         folder, shards = self._resolve(spec)
         manifest = _join(folder, MANIFEST) if folder else None
-        if manifest and _exists(manifest):
-            self._load_manifest(manifest, folder)
+        data = _read_if_there(manifest) if manifest else None
+        if data is not None:
+            self._load_manifest(manifest, folder, data)
         else:
             if not shards:
                 raise MissingDataError(f"{spec} holds no .tar shards (and no {MANIFEST})")
@@ -182,9 +181,10 @@ class ShardSource:
             return list(self._classes)
         for where in ([folder, folder.rstrip("/").rpartition("/")[0]] if folder else []):
             path = _join(where, CLASS_MAP)
-            if where and _exists(path):
+            data = _read_if_there(path) if where else None
+            if data is not None:
                 try:
-                    return list(json.loads(_read(path))["classes"])
+                    return list(json.loads(data)["classes"])
                 except (ValueError, KeyError, TypeError) as exc:
                     raise DatasetError(f"class map {path} is not {{\"classes\": [names]}} ({exc})") from exc
         n = int(self.label_array.max()) + 1 if len(self.label_array) else 0
@@ -199,8 +199,9 @@ class ShardSource:
                 raise MissingDataError(f"tar shard {shard} does not exist")
             idx = index_path_of(shard)
             tar_bytes = None
-            if _exists(idx):
-                samples = parse_index(_read(idx), idx, tar_size=size, shard=shard)
+            text = _read_if_there(idx)
+            if text is not None:
+                samples = parse_index(text, idx, tar_size=size, shard=shard)
             elif scan_missing:
                 from .tar_index import group_samples
 
@@ -265,9 +266,9 @@ class ShardSource:
                       labels=self.label_array, names=np.frombuffer(self._names, np.uint8), name_off=self._name_off)
         atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz.tmp")
 
-    def _load_manifest(self, path: str, folder: str) -> None:
+    def _load_manifest(self, path: str, folder: str, data: bytes) -> None:
         try:
-            with np.load(bytes_file(_read(path)), allow_pickle=False) as z:
+            with np.load(bytes_file(data), allow_pickle=False) as z:
                 d = {k: z[k] for k in z.files}
             ok = all(isinstance(d.get(k), np.ndarray) for k in _MANIFEST_TYPES) and all(
                 d[k].ndim == (0 if k == "format" else 1) and (d[k].dtype.kind in kinds or d[k].size == 0)
