@@ -184,16 +184,18 @@ def test_guides_are_written(page):
     assert "being written" not in text and len(text.splitlines()) > 20
 
 
-# Flags of other programs the pages show (pip, torchrun, the hub's CLI, TensorBoard) and the authors' own.
+# Flags of other programs the pages show (pip, torchrun, sbatch, the hub's CLI, TensorBoard) and the authors'.
 _FOREIGN_FLAGS = {"--help", "--index-url", "--include", "--local-dir", "--repo-type", "--revision", "--logdir",
                   "--nnodes", "--node_rank", "--nproc_per_node", "--rdzv_endpoint", "--rdzv_backend",
-                  "--rdzv_id", "--max-restarts", "--standalone", "--shuffle", "--no-deps", "--upgrade"}
+                  "--rdzv_id", "--max-restarts", "--standalone", "--shuffle", "--no-deps", "--upgrade",
+                  "--nodes", "--signal", "--requeue", "--time", "--gpus-per-node", "--ntasks-per-node"}
 
 
 def test_every_flag_in_the_docs_exists():
     """A flag a page shows is defined by one of the project's parsers (as a "--flag" string in the code)."""
     code = "".join(p.read_text() for p in [*ROOT.glob("i2e_dali/**/*.py"), *ROOT.glob("pipelines/*.py"),
-                                           ROOT / "train_dali.py", *ROOT.glob("docs/**/*.py")])
+                                           ROOT / "train_dali.py", *ROOT.glob("docs/**/*.py"),
+                                           *ROOT.glob("benchmarks/*.py"), *ROOT.glob("examples/**/*.py")])
     missing = []
     for md in _docs_markdown():
         if md == ROOT / "docs" / "README.md":  # the docs' own maintenance commands (chromium, mkdocs)
