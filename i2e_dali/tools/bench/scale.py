@@ -8,7 +8,9 @@ read the folder before):
 - ``scan``: ``open_source`` walking and ``stat``-ing every file (what every rank did before the index);
 - ``index write``: the same walk saved as the folder index (rank 0, once);
 - ``from index``: ``open_source(..., index=...)`` on every other start (every rank, every node);
-- ``loader``: + ``EventLoader`` construction (train, CPU; its first epoch's file list and DALI pipeline).
+- ``loader``: + ``EventLoader`` construction (train, CPU; its first epoch's file list and DALI pipeline);
+- ``--shards``: the same count as tar shards (a manifest; the tars sparse files): ``ShardSource`` and
+  ``EventLoader`` start-up (its first epoch's index files and DALI's webdataset reader).
 Extra RSS is the process's resident memory after the step minus after the imports. Not a CI test.
 
     i2e-bench scale --out /work/scale --files 10000 1281167      # then the folder is deleted (--keep keeps it)
@@ -63,6 +65,30 @@ def build_tree(out: Path, files: int, classes: int, seed: int = 0) -> Path:
     return out
 
 
+def build_shard_set(out: Path, files: int, classes: int, per_shard: int = 1251) -> Path:
+    """A manifest for ``files`` samples in tar shards of ``per_shard``, the tars as sparse files of the right
+    size (no data blocks: start-up reads the manifest and sizes, not the tars); returns the shard folder."""
+    from ...data.shards import ShardSource
+    from ...data.tar_index import Member
+
+    folder = out / "wds" / "train"
+    folder.mkdir(parents=True, exist_ok=True)
+    table, shards, sizes = [], [], []
+    for k, a in enumerate(range(0, files, per_shard)):
+        n = min(per_shard, files - a)
+        path = folder / f"train-{k:06d}.tar"
+        size = 1024 + n * (110_592 + 1024)  # 108 KB images + label members, headers
+        with open(path, "wb") as f:
+            f.truncate(size)
+        shards.append(str(path))
+        sizes.append(size)
+        table += [(k, Member(f"{a + j:09d}.jpeg", 512 + j * (110_592 + 1024), 110_000), (a + j) % classes)
+                  for j in range(n)]
+    src = ShardSource.from_table(shards, sizes, table, [f"n{c:08d}" for c in range(classes)], str(folder))
+    src.save_manifest(folder / "shards.npz", relative_to=str(folder))
+    return folder
+
+
 def _child(root: str, step: str, index: str) -> dict:
     """One measured step in this (fresh) process; prints a JSON line."""
     t0 = time.perf_counter()
@@ -74,7 +100,11 @@ def _child(root: str, step: str, index: str) -> dict:
 
     base, imports_s = _rss_mb(), time.perf_counter() - t0
     t = time.perf_counter()
-    if step == "scan":
+    if step in ("shards", "shards-loader"):
+        from ...data.shards import ShardSource
+
+        src = ShardSource(root)
+    elif step == "scan":
         src = open_source(root, "train")
     elif step == "index-write":
         if os.path.exists(index):
@@ -85,7 +115,7 @@ def _child(root: str, step: str, index: str) -> dict:
     source_s, source_rss = time.perf_counter() - t, _rss_mb()
     out = {"step": step, "files": len(src), "imports_s": round(imports_s, 2), "source_s": round(source_s, 3),
            "extra_rss_mb": round(source_rss - base, 1)}
-    if step == "loader":
+    if step in ("loader", "shards-loader"):
         t = time.perf_counter()
         loader = EventLoader(src, 128, train=True, device="cpu")
         out["loader_s"] = round(time.perf_counter() - t, 3)
@@ -122,17 +152,23 @@ def run_scale(args) -> dict:
             build_s = time.perf_counter() - t
             index = root / "index"
             got = {s: _measure(root, s, index) for s in ("scan", "index-write", "from-index", "loader")}
+            if args.shards:  # the same count as tar shards: manifest start-up (sparse tars, no data)
+                wds = build_shard_set(root, n, min(args.classes, n))
+                got.update({s: _measure(wds, s, index) for s in ("shards", "shards-loader")})
             results.append({"files": n, "build_s": round(build_s, 1), **got})
             rows.append([f"{n:,}", got["scan"]["source_s"], got["scan"]["extra_rss_mb"], got["index-write"]["source_s"],
                          got["from-index"]["source_s"], got["from-index"]["extra_rss_mb"], got["loader"]["loader_s"],
-                         got["loader"]["loader_extra_rss_mb"]])
+                         got["loader"]["loader_extra_rss_mb"]]
+                        + ([got["shards"]["source_s"], got["shards"]["extra_rss_mb"], got["shards-loader"]["loader_s"],
+                            got["shards-loader"]["loader_extra_rss_mb"]] if args.shards else []))
             print(f"{n:,} files: " + json.dumps(got), flush=True)
     finally:
         if not args.keep:
             shutil.rmtree(out, ignore_errors=True)
     table = format_table("Folder start-up against file count (fresh process per step; warm page cache)",
                          ["files", "scan s", "scan +MB", "index write s", "from index s", "from index +MB",
-                          "+ EventLoader s", "total +MB"], rows)
+                          "+ EventLoader s", "total +MB"]
+                         + (["shards s", "shards +MB", "+ EventLoader s", "total +MB"] if args.shards else []), rows)
     record = {"mode": "scale", "environment": environment(torch.device("cpu")),
               "settings": {"files": counts, "classes": args.classes}, "results": results}
     return finish(record, table, args)
@@ -145,6 +181,8 @@ def add_scale_parser(sub, common) -> None:
     sc.add_argument("--files", type=int, nargs="+", help="file counts (default 10000 1281167)")
     sc.add_argument("--classes", type=int, default=1000)
     sc.add_argument("--keep", action="store_true", help="keep the linked corpora")
+    sc.add_argument("--shards", action="store_true",
+                    help="also time a tar-shard set of each size from its manifest (sparse tars, no data)")
 
 
 if __name__ == "__main__":
