@@ -301,6 +301,11 @@ def main(argv=None) -> int:
     except I2EError as exc:
         print(f"i2e-shard: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full disk, a read-only OUT, an image that vanished: name the file, no traceback
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(f"i2e-shard: error: {exc.strerror or exc}{where}; fix it and rerun (complete shards are kept)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
