@@ -120,20 +120,36 @@ def gen_demo_epochs(root: Path, md_file: Path) -> str:
 def gen_gpu_proofs(root: Path, md_file: Path) -> str:
     proofs = sorted((root / "benchmarks" / "results").glob("*-proof.json"))
     if not proofs:
-        return ("No GPU result is committed yet: `benchmarks/results/` holds no `*-proof.json`. Nothing on this "
-                "site is a GPU number.\n")
+        return ("No GPU result is committed yet: `benchmarks/results/` holds no `*-proof.json`, and no number in "
+                "these docs was measured on a GPU.\n")
     rows = ["| proof | device | date | goal | target | measured | verdict |", "|---|---|---|---|---|---|---|"]
     for path in proofs:
         rec = json.loads(path.read_text())
         env = rec.get("environment", {})
         for g in rec.get("goals", []):
-            rows.append(f"| `{path.name}` | {env.get('device', '?')} | {env.get('date', '?')} | {g['goal']} | "
+            rows.append(f"| `{path.name}` | {env.get('device', '?')} | {env.get('date', '?')[:10]} | {g['goal']} | "
                         f"{g['target']} | {g['measured']} | {g['verdict']} |")
     return "\n".join(rows) + "\n"
 
 
+def _recipes() -> dict:
+    """The recipe registry. recipes.py is plain data: loaded on its own it spares importing torch and
+    DALI through the package (seconds per check); through the package if it ever imports a sibling."""
+    import importlib.util
+
+    path = ROOT / "i2e_dali" / "training" / "recipes.py"
+    try:
+        spec = importlib.util.spec_from_file_location("_i2e_recipes", path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # dataclasses look their module up while the class is made
+        spec.loader.exec_module(module)
+    except ImportError:
+        from i2e_dali.training import recipes as module
+    return module.RECIPES
+
+
 def gen_recipes(root: Path, md_file: Path) -> str:
-    from i2e_dali.training.recipes import RECIPES
+    RECIPES = _recipes()
 
     rows = ["| recipe | paper row | data | model | epochs | expected top-1 (paper) | pre-training |",
             "|---|---|---|---|---|---|---|"]

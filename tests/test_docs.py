@@ -7,6 +7,7 @@ renamed function the docs still mention fails the build.
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 import shutil
@@ -124,6 +125,22 @@ def test_check_fails_when_the_source_of_a_table_changes(tmp_path):
     out = _gen("--check", root=root)
     assert out.returncode == 1
     assert "demo-epochs" in out.stdout
+
+
+def test_a_new_gpu_proof_makes_its_table_stale(tmp_path):
+    """The first GPU session commits benchmarks/results/<gpu>-<date>-proof.json: the check then asks for the
+    table, and the written table carries the proof's goals."""
+    root = _copy_for_tables(tmp_path)
+    record = {"mode": "proof", "environment": {"device": "NVIDIA H200", "date": "2026-12-01T10:00:00+00:00"},
+              "goals": [{"goal": "fused float16 224x224 B=256 T=8: share of the copy roofline",
+                         "target": ">= 0.50", "measured": "0.61", "verdict": "met"}]}
+    (root / "benchmarks" / "results" / "nvidia-h200-2026-12-01-proof.json").write_text(json.dumps(record))
+    out = _gen("--check", root=root)
+    assert out.returncode == 1 and "gpu-proofs" in out.stdout
+    assert _gen(root=root).returncode == 0
+    text = (root / "docs" / "guides" / "benchmarks.md").read_text()
+    assert "| `nvidia-h200-2026-12-01-proof.json` | NVIDIA H200 | 2026-12-01 | fused float16" in text
+    assert "| >= 0.50 | 0.61 | met |" in text
 
 
 def test_check_fails_on_a_cli_without_a_table_row(tmp_path):
