@@ -1,7 +1,7 @@
 """TrainConfig (issue 19): the one resolution of defaults -> data set -> preset -> recipe -> file -> flags
 with origins, config files (YAML/JSON) and their errors, --print-config, and runs repeated exactly: from
-Python (``train(TrainConfig.from_dict(...))``) and from a run's own config.yaml, weights bit-identical to
-the command-line run."""
+Python (``train(TrainConfig.from_dict(...))`` on the embedded demo) and from a run's own config.yaml, weights
+bit-identical to the command-line run."""
 from __future__ import annotations
 
 import json
@@ -20,7 +20,7 @@ from i2e_dali.training.config_file import describe, read_config_file, write_conf
 from i2e_dali.training.recipes import RECIPES
 from i2e_dali.training.run import main
 
-from train_helpers import REPO, metrics, subprocess_env, tiny_args, tiny_data
+from train_helpers import REPO, metrics, subprocess_env
 
 
 # ------------------------------------------------------------------------------------------------
@@ -210,15 +210,19 @@ def test_train_refuses_what_is_not_a_config():
 # runs repeated exactly
 # ------------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def data3(tmp_path_factory):
-    return tiny_data(tmp_path_factory.mktemp("data3"), classes=3)
+def demo_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")  # the embedded demo set is generated here once (~3 s)
+
+
+_TINY = ["--size", "16", "-T", "2", "--width", "4", "--epochs", "1", "--no-progress", "--no-tensorboard"]
 
 
 @pytest.fixture(scope="module")
-def cli_run(data3, tmp_path_factory):
-    """The command-line run every repetition is compared with: 1 epoch, 12 steps, width-4 MS-ResNet18."""
+def cli_run(demo_dir, tmp_path_factory):
+    """The command-line demo run every repetition is compared with: 1 epoch (50 steps of 32), 16 px, T=2,
+    width-4 MS-ResNet18 (seconds on a CPU)."""
     out = tmp_path_factory.mktemp("cli")
-    main(tiny_args(data3, out, epochs=1, batch=2))
+    main(["--demo-dir", str(demo_dir), *_TINY, "-o", str(out)])
     return out
 
 
@@ -232,14 +236,15 @@ def _same_weights(a, b):
     return ka, kb
 
 
-def test_training_from_python_equals_the_command_line(data3, cli_run, tmp_path):
+def test_training_the_demo_from_python_equals_the_command_line(demo_dir, cli_run, tmp_path):
     out = tmp_path / "py"
     cfg = TrainConfig.from_dict({
-        "data": {"dataset": "imagenet", "root": str(data3), "size": 16, "timesteps": 2},
+        "data": {"demo_dir": str(demo_dir), "size": 16, "timesteps": 2},
         "model": {"width": 4},
-        "optim": {"epochs": 1, "batch_size": 2},
+        "optim": {"epochs": 1},
         "run": {"output_dir": str(out), "progress": False, "tensorboard": False},
     })
+    assert cfg.data.dataset == "demo" and cfg.optim.batch_size == 32  # the demo's defaults
     result = train(cfg)
     assert isinstance(result, TrainResult)
     ka, kb = _same_weights(cli_run, out)
@@ -253,11 +258,11 @@ def test_training_from_python_equals_the_command_line(data3, cli_run, tmp_path):
     assert result.metrics_file == out / "metrics.jsonl"
 
 
-def test_config_yaml_repeats_the_run(data3, cli_run, tmp_path):
+def test_config_yaml_repeats_the_run(demo_dir, cli_run, tmp_path):
     """run -> its config.yaml -> --config rerun (to another folder) -> identical weights; in a fresh process,
     as a user repeats a run."""
     saved = yaml.safe_load((cli_run / "config.yaml").read_text())
-    assert saved["data"]["root"] == str(data3) and saved["run"]["output_dir"] == str(cli_run)
+    assert saved["data"]["demo_dir"] == str(demo_dir) and saved["run"]["output_dir"] == str(cli_run)
     out = tmp_path / "again"
     r = subprocess.run([sys.executable, str(REPO / "train_dali.py"), "--config", str(cli_run / "config.yaml"),
                         "-o", str(out)], cwd=REPO, env=subprocess_env(), capture_output=True, text=True, timeout=300)
