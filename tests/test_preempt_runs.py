@@ -188,3 +188,43 @@ def test_sigkill_of_one_worker_under_max_restarts_resumes_every_rank(data, refer
     # steps lost at most --ckpt-every
     assert step >= ck["global_step"] and step % CKPT_EVERY == 0
     _assert_same_weights(reference, _load(out / "last.pt"))
+
+
+def test_stop_during_evaluation_saves_the_trained_epoch_and_resume_is_bit_identical(data, tmp_path, monkeypatch):
+    """One process: a SIGUSR1 arriving while epoch 1 is evaluated ends the evaluation at the next batch; the
+    checkpoint holds the trained epoch and its training numbers; the resumed run evaluates epoch 1 without
+    training it again and ends like the uninterrupted run (weights and every metrics row's training numbers)."""
+    from i2e_dali.training import engine
+    from i2e_dali.training.run import main
+    from train_helpers import metrics
+
+    args = lambda out: tiny_args(data, out, *FLAGS, epochs=2, batch=2)  # noqa: E731
+    main(args(tmp_path / "ref"))
+    real_evaluate = engine.evaluate
+    calls = []
+
+    def evaluate_with_a_signal(*a, **kw):  # the real evaluation; the real signal arrives as it starts
+        calls.append(1)
+        if len(calls) == 1:
+            os.kill(os.getpid(), signal.SIGUSR1)
+        return real_evaluate(*a, **kw)
+
+    monkeypatch.setattr(engine, "evaluate", evaluate_with_a_signal)
+    out = tmp_path / "run"
+    with pytest.raises(SystemExit) as info:
+        main(args(out))
+    assert info.value.code == STOP_EXIT_CODE
+    ck = _load(out / "last.pt")
+    assert (ck["epoch"], ck["step_in_epoch"], ck["global_step"]) == (0, 16, 16)
+    assert ck["train_stats"]["steps"] == 16 and not metrics(out)  # trained, not evaluated, no row yet
+    monkeypatch.setattr(engine, "evaluate", real_evaluate)
+    main([*args(out), "--resume", "auto"])  # not the default in one process: asked for
+    log = (out / "train.log").read_text()
+    assert "stopped on SIGUSR1 during the evaluation of epoch 1" in log
+    assert "step 16 of 16 (global step 16)" in log  # resumed at the end of epoch 1's training
+    _assert_same_weights(_load(tmp_path / "ref" / "last.pt"), _load(out / "last.pt"))
+    ref, got = metrics(tmp_path / "ref"), metrics(out)
+    assert [r["epoch"] for r in got] == [1, 2]
+    for a, b in zip(ref, got):
+        assert (a["train_loss"], a["train_top1"], a["val_top1"], a["val_loss"]) == (
+            b["train_loss"], b["train_top1"], b["val_top1"], b["val_loss"])
