@@ -21,7 +21,7 @@ from typing import Callable
 from ..errors import ConfigError, MissingDataError
 from ..placement import DEFAULT_SEED
 
-__all__ = ["make_loader", "register_kind", "KINDS", "IMAGE_KINDS", "FRAME_KINDS"]
+__all__ = ["make_loader", "open_event_splits", "register_kind", "KINDS", "IMAGE_KINDS", "FRAME_KINDS"]
 log = logging.getLogger("i2e_dali.data")
 
 # Options the image (EventLoader) kinds take besides the common ones; the frame kinds' options.
@@ -47,7 +47,9 @@ def make_loader(data, split: str, batch_size: int, *, dataset: str | None = None
     """The loader of ``split`` ("train" or "val") of the data set at ``data``.
 
     Args:
-        data: the data set's folder (the demo set: its cache folder, or None for the default one).
+        data: the data set's folder (the demo set: its cache folder, or None for the default one); for
+            event kinds also a ``(train_set, val_set)`` pair from :func:`open_event_splits` (open once,
+            build both loaders) or any map-style data sets of ``(frames [T, 2, H, W], label)`` with ``classes``.
         split: "train" or "val" (for CIFAR/MNIST/DVS "val" is the official test split).
         batch_size: samples per batch on this rank.
         dataset: one of ``KINDS`` (None: "imagenet", or what the folder's content says: CIFAR batches,
@@ -168,23 +170,12 @@ def _frame_loader(data, split, batch_size, *, train, options):
         if options[name] is not None:
             raise ConfigError(f"{name}= applies to image data sets; dataset={kind!r} holds precomputed events")
     conv = Conversion.coerce(options["conversion"])
-    timesteps = options.get("timesteps")
-    root = _existing(data)
-    src = options["source_options"]
-    if kind == "i2e-npz":
-        from .npz import open_npz_splits
-
-        sets = open_npz_splits(root, timesteps=timesteps, size=options["size"], **src)
-    elif kind == "i2e-parquet":
-        from .parquet import open_parquet_splits
-
-        sets = open_parquet_splits(root, timesteps=timesteps, **src)
+    if isinstance(data, tuple) and len(data) == 2:  # (train_set, val_set) opened once for both loaders
+        sets = data
     else:
-        from .dvs import open_dvs_splits
-
-        src.setdefault("progress", options["progress"])
-        src.setdefault("workers", options["workers"])
-        sets = open_dvs_splits(root, timesteps=timesteps or 8, seed=options["seed"], **src)
+        sets = open_event_splits(data, kind, timesteps=options.get("timesteps"), size=options["size"],
+                                 seed=options["seed"], workers=options["workers"], progress=options["progress"],
+                                 **options["source_options"])
     dataset = sets[0] if split == "train" else sets[1]
     flip = options.get("flip")
     return FrameLoader(dataset, batch_size, train=train, dtype=conv.dtype, device=options["device"],
@@ -192,6 +183,30 @@ def _frame_loader(data, split, batch_size, *, train, options):
                        num_workers=options["workers"], flip=flip if train else False,
                        with_index=options["with_index"],
                        **({"prefetch_factor": options["prefetch_factor"]} if "prefetch_factor" in options else {}))
+
+
+def open_event_splits(data, dataset: str, *, timesteps: int | None = None, size: int | None = None,
+                      seed: int = DEFAULT_SEED, workers: int | None = None, progress: bool = False,
+                      **source_options):
+    """(train_set, val_set) of an event data set kind (FRAME_KINDS), opened once: pass the pair to
+    ``make_loader`` as ``data`` for both splits (CIFAR10-DVS parses and caches its recordings here, under
+    DDP on rank 0 while the others wait)."""
+    root = _existing(data)
+    if dataset == "i2e-npz":
+        from .npz import open_npz_splits
+
+        return open_npz_splits(root, timesteps=timesteps, size=size, **source_options)
+    if dataset == "i2e-parquet":
+        from .parquet import open_parquet_splits
+
+        return open_parquet_splits(root, timesteps=timesteps, **source_options)
+    if dataset == "cifar10-dvs":
+        from .dvs import open_dvs_splits
+
+        source_options.setdefault("progress", progress)
+        source_options.setdefault("workers", workers)
+        return open_dvs_splits(root, timesteps=timesteps or 8, seed=seed, **source_options)
+    raise ConfigError(f"dataset must be one of {FRAME_KINDS} to open event splits, got {dataset!r}")
 
 
 def _existing(data) -> str:

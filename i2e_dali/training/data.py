@@ -31,7 +31,7 @@ def build_loaders(config: TrainConfig, rt: Runtime, *, need_train: bool = True):
     errors name the flag and the folder. ``config.data.workers`` as given (the run passes the thread count
     it picked for a CPU, training/runtime.configure_cpu_threads)."""
     from ..convert import Conversion
-    from ..data.factory import FRAME_KINDS, make_loader
+    from ..data.factory import FRAME_KINDS, make_loader, open_event_splits
 
     d, o = config.data, config.optim
     kind = d.dataset
@@ -48,7 +48,9 @@ def build_loaders(config: TrainConfig, rt: Runtime, *, need_train: bool = True):
                 polarity=d.dvs_polarity, binarize=d.dvs_binarize))
         else:
             common["size"] = d.size  # npz: the frame size of sparse files without a stored shape
-        data = d.root
+        # opened once for both loaders (CIFAR10-DVS parses and caches its recordings here)
+        data = open_event_splits(d.root, kind, timesteps=d.timesteps, size=d.size, seed=o.seed, workers=d.workers,
+                                 progress=progress, **common.pop("source_options", {}))
     else:
         if kind == "demo":
             data = d.demo_dir
