@@ -38,11 +38,11 @@ __all__ = ["ShardSource", "MANIFEST", "CLASS_MAP", "expand_braces", "index_path_
 
 MANIFEST = "shards.npz"
 CLASS_MAP = "classes.json"
-FORMAT = "i2e-shard-manifest/1"
+FORMAT = "i2e-shard-manifest/2"
 # each manifest array's numpy kinds (U: text, i/u: integers); checked before use: a damaged file may hold
 # a valid .npy of another type in any member
 _MANIFEST_TYPES = {"format": "U", "shards": "U", "shard_sizes": "iu", "classes": "U", "exts": "U", "shard_of": "iu",
-                   "offset": "iu", "size": "iu", "ext": "iu", "labels": "iu", "names": "u", "name_off": "iu"}
+                   "offset": "iu", "size": "iu", "ext": "iu", "labels": "iu", "lines": "u", "line_off": "iu"}
 _CULPRIT_LIMIT = 4096  # images searched for an undecodable one when DALI names none
 IMAGE_EXTS = ("jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp", "ppm", "pgm", "pbm", "pnm", "jp2", "j2k")
 
@@ -243,18 +243,24 @@ class ShardSource:
         return parse_label(read_member(handle, m, shard, file_size=size), shard, m.name)
 
     def _from_table(self, table) -> None:
+        bad = next(((k, m) for k, m, _ in table if any(c.isspace() for c in m.name)), None)
+        if bad is not None:
+            raise DatasetError(f"tar shard {self._shards[bad[0]]}: member name {bad[1].name!r} holds whitespace, which "
+                               "DALI's index format cannot list; rename the member")
         exts = sorted({_ext(m.name) for _, m, _ in table})
         code = {e: i for i, e in enumerate(exts)}
-        names = [m.name.encode("utf-8", "surrogateescape") for _, m, _ in table]
+        # each sample's line of a DALI index file, kept ready: an epoch's index files are these lines in the
+        # epoch's order (formatting 1.28 M lines took 3.9 s a start; joining them 0.3 s)
+        lines = [f"{_ext(m.name)} {m.offset} {m.size} {m.name}\n".encode("utf-8", "surrogateescape") for _, m, _ in table]
         self._exts = exts
         self._shard_of = np.asarray([k for k, _, _ in table], np.int32)
         self._offset = np.asarray([m.offset for _, m, _ in table], np.int64)
         self._size = np.asarray([m.size for _, m, _ in table], np.int64)
         self._ext = np.asarray([code[_ext(m.name)] for _, m, _ in table], np.uint8)
         self.label_array = np.asarray([lab for _, _, lab in table], np.int64)
-        self._names = b"".join(names)
-        self._name_off = np.zeros(len(names) + 1, np.int64)
-        np.cumsum([len(n) for n in names], out=self._name_off[1:])
+        self._lines = b"".join(lines)
+        self._line_off = np.zeros(len(lines) + 1, np.int64)
+        np.cumsum([len(n) for n in lines], out=self._line_off[1:])
 
     # ----------------------------------------------------------------------------------------------
     def save_manifest(self, path: str | os.PathLike, *, relative_to: str | None = None) -> None:
@@ -263,7 +269,7 @@ class ShardSource:
         arrays = dict(format=np.array(FORMAT), shards=np.array(shards, dtype=str), shard_sizes=self._shard_sizes,
                       classes=np.array(self.classes, dtype=str), exts=np.array(self._exts, dtype=str),
                       shard_of=self._shard_of, offset=self._offset, size=self._size, ext=self._ext,
-                      labels=self.label_array, names=np.frombuffer(self._names, np.uint8), name_off=self._name_off)
+                      labels=self.label_array, lines=np.frombuffer(self._lines, np.uint8), line_off=self._line_off)
         atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz.tmp")
 
     def _load_manifest(self, path: str, folder: str, data: bytes) -> None:
@@ -273,12 +279,12 @@ class ShardSource:
             ok = all(isinstance(d.get(k), np.ndarray) for k in _MANIFEST_TYPES) and all(
                 d[k].ndim == (0 if k == "format" else 1) and (d[k].dtype.kind in kinds or d[k].size == 0)
                 for k, kinds in _MANIFEST_TYPES.items())
-            ok = ok and str(d["format"]) == FORMAT and d["names"].dtype == np.uint8
+            ok = ok and str(d["format"]) == FORMAT and d["lines"].dtype == np.uint8
             n = len(d["labels"])
-            ok = ok and all(len(d[k]) == n for k in ("shard_of", "offset", "size", "ext")) and len(d["name_off"]) == n + 1
+            ok = ok and all(len(d[k]) == n for k in ("shard_of", "offset", "size", "ext")) and len(d["line_off"]) == n + 1
             ok = ok and len(d["shard_sizes"]) == len(d["shards"]) and (n == 0 or (
                 d["shard_of"].min() >= 0 and d["shard_of"].max() < len(d["shards"]) and d["ext"].max() < len(d["exts"])
-                and d["name_off"][-1] == len(d["names"]) and np.all(np.diff(d["name_off"]) >= 0)))
+                and d["line_off"][-1] == len(d["lines"]) and np.all(np.diff(d["line_off"]) > 0)))
         except DatasetError:
             raise
         except Exception as exc:  # damaged zip / npy: zipfile, ValueError, KeyError, EOFError ...
@@ -291,7 +297,7 @@ class ShardSource:
         self._shard_sizes = d["shard_sizes"].astype(np.int64)
         self._exts, self._shard_of, self._offset = d["exts"].tolist(), d["shard_of"], d["offset"]
         self._size, self._ext, self.label_array = d["size"], d["ext"], d["labels"].astype(np.int64)
-        self._names, self._name_off = d["names"].tobytes(), d["name_off"]
+        self._lines, self._line_off = d["lines"].tobytes(), d["line_off"]
         self._classes = d["classes"].tolist()
         now = _sizes(self._shards)
         for shard, want, got in zip(self._shards, self._shard_sizes.tolist(), now):
@@ -315,7 +321,8 @@ class ShardSource:
         return list(self._shards)
 
     def member_name(self, i: int) -> str:
-        return self._names[self._name_off[i]:self._name_off[i + 1]].decode("utf-8", "surrogateescape")
+        line = self._lines[self._line_off[i]:self._line_off[i + 1]].decode("utf-8", "surrogateescape")
+        return line.rstrip("\n").split(" ", 3)[-1]
 
     @property
     def samples(self) -> list[tuple[str, int]]:
@@ -335,16 +342,14 @@ class ShardSource:
         """DALI index files (in ``folder``) listing samples ``indices`` in that order, one per run of samples
         from the same shard; returns (shard paths, index paths) for the reader."""
         idx = np.asarray(indices, np.int64)
-        shard = self._shard_of[idx]
-        cuts = np.flatnonzero(np.diff(shard)) + 1
+        cuts = np.flatnonzero(np.diff(self._shard_of[idx])) + 1
+        lines, off = self._lines, self._line_off.tolist()
         paths, index_paths = [], []
         for r, run in enumerate(np.split(idx, cuts)):
-            lines = [f"v1.2 {len(run)}"]
-            lines += [f"{self._exts[self._ext[i]]} {self._offset[i]} {self._size[i]} {self.member_name(i)}"
-                      for i in run.tolist()]
             p = os.path.join(folder, f"{r:06d}.idx")
-            with open(p, "w", encoding="utf-8", errors="surrogateescape") as f:
-                f.write("\n".join(lines) + "\n")
+            with open(p, "wb") as f:
+                f.write(b"v1.2 %d\n" % len(run))
+                f.write(b"".join([lines[off[i]:off[i + 1]] for i in run.tolist()]))
             paths.append(self._shards[int(self._shard_of[run[0]])])
             index_paths.append(p)
         return paths, index_paths
