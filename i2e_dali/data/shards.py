@@ -3,8 +3,8 @@ file or a list of paths; read by DALI's ``fn.readers.webdataset`` through ``pipe
 
 A shard set is described by a *manifest* (``shards.npz`` beside the shards, written by ``i2e-shard``; or
 built here from each shard's DALI index file and its ``.cls`` members): per sample the shard, the image
-member's offset, size, extension and name, and the label, as compact arrays (~30 bytes a sample). Every
-rank reads the manifest; nobody lists or opens the tars before DALI does.
+member's offset, size and extension, the label and the sample's DALI index line (which names the member), as
+compact arrays (~80 bytes a sample). Every rank reads the manifest; nobody lists or opens the tars before DALI.
 
 Epoch order (training): the shards in a fresh seeded order each epoch and the samples of each shard in a
 fresh seeded order, the same on every rank; rank r reads the r-th equal slice. Per epoch and rank the
