@@ -101,8 +101,9 @@ def gen_demo_summary(root: Path, md_file: Path) -> str:
         f"{config['data']['size']} px, {len(epochs)} epochs, batch {config['optim']['batch_size']} |\n"
         f"| best / last validation top-1 | **{last['best_top1']:.2f} %** / {last['val_top1']:.2f} % "
         f"({last['val_count']} images, chance 10 %) |\n"
-        f"| training time | {train_s:.0f} s ({run['wall_s']:.0f} s wall with start-up and data generation) |\n"
-        f"| mean speed, data wait | {ips:.0f} img/s, {100 * wait:.1f} % |\n"
+        f"| time | {train_s:.0f} s for {len(epochs)} epochs with evaluation; {run['wall_s']:.0f} s wall with start-up "
+        f"and data generation |\n"
+        f"| mean speed, data wait | {ips:.0f} img/s, {100 * wait:.1f} % (code at {run['code']}) |\n"
     )
 
 
@@ -114,6 +115,41 @@ def gen_demo_epochs(root: Path, md_file: Path) -> str:
         rows.append(f"| {e['epoch']} | {e['val_top1']:.2f} % | {e['val_top5']:.2f} % | {e['val_loss']:.4f} | "
                     f"{e['train_loss']:.4f} | {e['train_img_per_s']:.0f} | "
                     f"{100 * e['train_data_wait_fraction']:.1f} % |")
+    return "\n".join(rows) + "\n"
+
+
+def _si(value: float, unit: str) -> str:
+    """``1.55e-06, "J"`` -> ``1.55 µJ``; ``1.72e6, "ACs"`` -> ``1.72 M ACs``."""
+    prefixes = ((1e9, "G"), (1e6, "M"), (1e3, "k"), (1, ""), (1e-3, "m"), (1e-6, "µ"), (1e-9, "n"), (1e-12, "p"))
+    if value == 0:
+        return f"0 {unit}"
+    for scale, prefix in prefixes:
+        if abs(value) >= scale:
+            break
+    sep = " " if unit.endswith("s") else ""  # "M ACs", but "µJ"
+    return f"{value / scale:.3g} {prefix}{sep}{unit}".replace("  ", " ")
+
+
+def gen_demo_energy(root: Path, md_file: Path) -> str:
+    rep = json.loads((root / DEMO / "report.json").read_text())
+    run = json.loads((root / DEMO / "run.json").read_text())
+    t, enc, m, inp = rep["totals"], rep["encoding"], rep["model"], rep["input"]
+    e = rep["energy_model"]
+    rows = [
+        f"| per image, {m['arch']} width {m['width']}, T={inp['timesteps']}, {inp['images']} images "
+        f"(top-1 {inp['top1']:.2f} %) | |", "|---|---|",
+        f"| mean firing rate (all neurons, all timesteps) | {100 * t['mean_firing_rate']:.1f} % |",
+        f"| SNN: counted operations | {_si(t['acs_per_image'], 'ACs')} + {_si(t['macs_per_image'], 'MACs')} |",
+        f"| SNN energy, counted (paper's formula ops × rate × T) | **{_si(t['snn_energy_pj'] * 1e-12, 'J')}** "
+        f"({_si(t['snn_formula_energy_pj'] * 1e-12, 'J')}) |",
+        f"| ANN equivalent (same layers, 3-channel input) | {_si(t['ann_macs_per_image'], 'MACs')} = "
+        f"{_si(t['ann_energy_pj'] * 1e-12, 'J')} |",
+        f"| ANN / SNN energy | **{t['ann_over_snn']:.1f}×** |",
+        f"| I2E encoding ({enc['height']}×{enc['width']}) | {_si(enc['acs'], 'ACs')} + {enc['macs']} MAC = "
+        f"{_si(enc['energy_pj'] * 1e-12, 'J')}; ANN / (SNN + encoding) {t['ann_over_snn_plus_encoding']:.1f}× |",
+    ]
+    rows.append(f"\n*{e['e_mac_pj']} pJ/MAC, {e['e_ac_pj']} pJ/AC ({e['source']}). {run['date']}, {run['machine']}: "
+                f"`{run['report_command']}` on the committed demo run ({run['report_wall_s']:.0f} s).*")
     return "\n".join(rows) + "\n"
 
 
@@ -192,6 +228,7 @@ def gen_scale(root: Path, md_file: Path) -> str:
 
 
 GENERATORS = {
+    "demo-energy": gen_demo_energy,
     "folder-scale": gen_scale,
     "interp-compare": gen_interp,
     "clis": gen_clis,
