@@ -231,3 +231,17 @@ def test_two_gloo_processes_shard_disjointly_and_eval_covers_once(tmp_path):
     assert not set(r0["train"]) & set(r1["train"])
     assert len(r0["train"]) == len(r1["train"]) == 8  # 11 per rank -> 2 full batches of 4
     assert r0["len_True"] == r1["len_True"] == 2
+
+
+def test_abandoned_passes_with_worker_processes_leave_whole_epochs():
+    # persistent DataLoader workers still hold batches of the abandoned pass: none of them may leak
+    ds = ToyFrames(24)
+    for train in (True, False):
+        kw = dict(train=train, with_index=True, seed=6, device="cpu")
+        ref = FrameLoader(ds, 4, num_workers=0, **kw)
+        epochs = [[b[2].tolist() for b in _collect(ref)] for _ in range(3)]
+        ld = FrameLoader(ds, 4, num_workers=2, **kw)
+        _collect(ld, n_batches=1)
+        _collect(ld, n_batches=2)
+        third = [b[2].tolist() for b in _collect(ld)]
+        assert third == (epochs[2] if train else epochs[0])
