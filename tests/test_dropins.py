@@ -19,12 +19,18 @@ def image():
 
 
 def test_torchvision_compose_on_tensor_and_pil(image):
+    from torchvision import tv_tensors
     from torchvision.transforms import v2
 
     t = v2.Compose([v2.CenterCrop(16), I2ETransform(Conversion(ratio=0.07, timesteps=4))])
     events, label = t(image, 7)  # labels pass through untouched, as with any v2 transform
     ref = i2e_convert(image[:, 2:18, 4:20].unsqueeze(0), ratio=0.07, timesteps=4)[:, 0]
     assert label == 7 and events.shape == (4, 2, 16, 16) and torch.equal(events, ref)
+    events, label = t(tv_tensors.Image(image), torch.tensor(7))  # v2's rules: a tensor label is not an image
+    assert torch.equal(events, ref) and label.item() == 7
+    boxes = tv_tensors.BoundingBoxes([[1, 2, 10, 12]], format="XYXY", canvas_size=(20, 24))
+    events, kept = I2ETransform(Conversion(timesteps=4))(image, boxes)  # boxes have no events: unchanged
+    assert events.shape == (4, 2, 20, 24) and torch.equal(kept, boxes)
     pil = Image.fromarray(image.permute(1, 2, 0).numpy())
     assert torch.equal(v2.Compose([v2.CenterCrop(16), I2ETransform(I2E(ratio=0.07, timesteps=4))])(pil), ref)
     grey = pil.convert("L")

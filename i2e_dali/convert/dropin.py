@@ -75,12 +75,14 @@ def _make_transform_class():
             self.conversion = Conversion.coerce(conversion)
             self.train_motion = bool(train)
 
-        def _needs_transform_list(self, flat_inputs):
-            # v2's default passes only the first plain tensor; any image-like input is an image here
-            return [isinstance(x, torch.Tensor) or type(x).__module__.startswith("PIL") for x in flat_inputs]
-
         def transform(self, inpt, params):
-            x = image_tensor(inpt)
+            # v2 hands over images (PIL, tv_tensors.Image, the sample's first plain tensor); boxes, masks and
+            # other tv_tensors pass through unchanged (they have no events)
+            from torchvision import tv_tensors
+
+            if isinstance(inpt, tv_tensors.TVTensor) and not isinstance(inpt, tv_tensors.Image):
+                return inpt
+            x = image_tensor(inpt.as_subclass(torch.Tensor) if isinstance(inpt, torch.Tensor) else inpt)
             return _convert(self.conversion, x.unsqueeze(0), train=self.train_motion)[:, 0]
 
         def _transform(self, inpt, params):  # torchvision < 0.17 spelling
