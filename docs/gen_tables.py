@@ -95,7 +95,7 @@ def gen_demo_summary(root: Path, md_file: Path) -> str:
     ips = sum(e["train_img_per_s"] for e in epochs) / len(epochs)
     wait = sum(e["train_data_wait_fraction"] for e in epochs) / len(epochs)
     return (
-        f"| demo run ({run['date']}, {run['machine']}) | |\n|---|---|\n"
+        f"| demo run | {run['date']}, {run['machine']} |\n|---|---|\n"
         f"| command | `{run['command']}` |\n"
         f"| model | {config['model']['arch']} width {config['model']['width']}, T={config['data']['timesteps']}, "
         f"{config['data']['size']} px, {len(epochs)} epochs, batch {config['optim']['batch_size']} |\n"
