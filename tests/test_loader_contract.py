@@ -150,6 +150,14 @@ def test_contract(kind_data):
         resumed.load_state_dict(torch.load(buf, weights_only=True))
         assert same(clone(resumed), rest)
         assert same(clone(resumed), epochs[1])  # and the pass after it is the next epoch
+        # a state saved after the epoch was abandoned (a newer iter(), or reset()) starts the next epoch
+        for abandon in ("iter", "reset"):
+            cut = build(kind_data, split)
+            next(iter(cut))
+            iter(cut) if abandon == "iter" else cut.reset()
+            again = build(kind_data, split)
+            again.load_state_dict(cut.state_dict())
+            assert same(clone(again), epochs[1] if split == "train" else epochs[0]), abandon
         # reset() abandons the epoch; the next pass is the next epoch, whole; the old pass ends
         it = iter(run)  # epoch 1
         next(it)

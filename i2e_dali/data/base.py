@@ -94,13 +94,20 @@ class LoaderBase:
     _batches_per_epoch: int = 0
     _started: bool = False  # an iter() has begun `epoch`
     _resume: bool = False  # load_state_dict() set the position: the next iter() continues it
+    _pending: bool = False  # an iter() was made after `epoch` started: its first batch starts the next epoch
 
     def __len__(self) -> int:
         """Batches per epoch on this rank."""
         return self._batches_per_epoch
 
+    def _new_iterator(self) -> None:
+        """Called by every ``iter()``: from now on a saved state describes the start of the next epoch."""
+        if self._started and not self._resume:
+            self._pending = True
+
     def _next_pass(self) -> bool:
         """Move to the epoch this pass reads; True when it continues a restored position."""
+        self._pending = False
         if self._resume:
             self._resume = False
             self._started = True
@@ -117,7 +124,7 @@ class LoaderBase:
         if isinstance(epoch, bool) or not isinstance(epoch, (int, np.integer)) or epoch < 0:
             raise ConfigError(f"set_epoch: epoch must be an int >= 0, got {epoch!r}")
         self.reset()
-        self.epoch, self.position, self._started, self._resume = int(epoch), 0, False, False
+        self.epoch, self.position, self._started, self._resume, self._pending = int(epoch), 0, False, False, False
 
     def _saved_position(self) -> tuple[int, int]:
         """(epoch, batches done) the first ``iter()`` after a restore should continue from: a finished
@@ -126,7 +133,7 @@ class LoaderBase:
             return self.epoch, self.position
         if not self._started:
             return self.epoch, 0
-        if self.position >= self._batches_per_epoch:
+        if self._pending or self.position >= self._batches_per_epoch:
             return self.epoch + 1, 0
         return self.epoch, self.position
 

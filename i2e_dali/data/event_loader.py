@@ -391,6 +391,7 @@ class EventLoader(LoaderBase):
     # iteration
     # ----------------------------------------------------------------------------------------------
     def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+        self._new_iterator()
         self._pass += 1
         return self._run(self._pass)
 
@@ -460,6 +461,7 @@ class EventLoader(LoaderBase):
         """Abandon the rest of the current epoch now (its pipeline is dropped, nothing more is read);
         the next ``iter()`` starts the next epoch, as it would anyway."""
         self._resume = False
+        self._pending = self._started  # a saved state now describes the next epoch's start
         if self._iterator is not None and not self._fresh:
             self._close()
         self._pass += 1
@@ -498,7 +500,7 @@ class EventLoader(LoaderBase):
         if mid and self._generator is not None and state.get("generator") is not None:
             self._generator.set_state(state["generator"])
         self.epoch, self.position = epoch, done if mid else 0
-        self._started, self._resume = False, mid
+        self._started, self._resume, self._pending = False, mid, False
         self._pass += 1
 
     def __repr__(self) -> str:

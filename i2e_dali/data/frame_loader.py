@@ -235,6 +235,7 @@ class FrameLoader(LoaderBase):
         return out
 
     def __iter__(self):
+        self._new_iterator()
         self._pass += 1
         return self._run(self._pass)
 
@@ -257,6 +258,7 @@ class FrameLoader(LoaderBase):
     def reset(self) -> None:
         """Abandon the rest of the current epoch; the next ``iter()`` starts the next epoch, as it would anyway."""
         self._resume = False
+        self._pending = self._started  # a saved state now describes the next epoch's start
         self._pass += 1
 
     # ---------------------------------------------------------------------------------------------
@@ -285,7 +287,7 @@ class FrameLoader(LoaderBase):
         if position == self._batches_per_epoch:  # a finished epoch: continue with the next one
             epoch, position = epoch + 1, 0
         self._pass += 1
-        self.epoch, self.position, self._started, self._resume = epoch, position, False, position > 0
+        self.epoch, self.position, self._started, self._resume, self._pending = epoch, position, False, position > 0, False
 
     def __repr__(self) -> str:
         return (
