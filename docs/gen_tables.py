@@ -227,7 +227,24 @@ def gen_scale(root: Path, md_file: Path) -> str:
     return "\n".join(rows) + "\n"
 
 
+def gen_config_keys(root: Path, md_file: Path) -> str:
+    import dataclasses
+
+    from i2e_dali.training.config import SECTIONS
+
+    rows = ["| key | flag | built-in default | allowed |", "|---|---|---|---|"]
+    for section, cls in SECTIONS.items():
+        for f in dataclasses.fields(cls):
+            meta = f.metadata
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            allowed = " ".join(f"`{c}`" for c in meta.get("choices") or ()) or meta.get("rule") or ""
+            flag = meta.get("flag") or "--" + f.name.replace("_", "-")
+            rows.append(f"| `{section}.{f.name}` | `{flag}` | `{default!r}` | {allowed} |")
+    return "\n".join(rows) + "\n"
+
+
 GENERATORS = {
+    "config-keys": gen_config_keys,
     "demo-energy": gen_demo_energy,
     "folder-scale": gen_scale,
     "interp-compare": gen_interp,

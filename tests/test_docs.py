@@ -88,8 +88,7 @@ def _copy_for_tables(tmp_path: Path) -> Path:
     shutil.copy(ROOT / "pyproject.toml", root / "pyproject.toml")
     shutil.copytree(ROOT / "docs", root / "docs", ignore=shutil.ignore_patterns("*.png"))
     shutil.copytree(ROOT / "benchmarks" / "results", root / "benchmarks" / "results")
-    assert _gen("--check", root=root).returncode == 0
-    return root
+    return root  # fresh: test_generated_tables_are_current checks the same files
 
 
 def _generated_block(text: str, name: str) -> tuple[int, int]:
@@ -217,7 +216,7 @@ def test_every_flag_in_the_docs_exists():
     for md in _docs_markdown():
         if md == ROOT / "docs" / "README.md":  # the docs' own maintenance commands (chromium, mkdocs)
             continue
-        for flag in sorted(set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", md.read_text())) - _FOREIGN_FLAGS):
+        for flag in sorted(set(re.findall(r"(?<![\w-])(--[a-z]\w*(?:-[a-z]\w*)*)", md.read_text())) - _FOREIGN_FLAGS):
             if f'"{flag}"' not in code and f"'{flag}'" not in code:
                 missing.append(f"{md.relative_to(ROOT)}: {flag}")
     assert not missing, "flags in the docs that no parser defines:\n" + "\n".join(missing)
