@@ -220,3 +220,23 @@ def test_every_flag_in_the_docs_exists():
             if f'"{flag}"' not in code and f"'{flag}'" not in code:
                 missing.append(f"{md.relative_to(ROOT)}: {flag}")
     assert not missing, "flags in the docs that no parser defines:\n" + "\n".join(missing)
+
+
+def test_the_definition_page_and_the_code_agree():
+    """docs/concepts/i2e.md is the conversion's definition (the bit-exact tests are written from it): its motion
+    table, default order and numbered orders are the ones the code uses."""
+    from i2e_dali import DEFAULT_ORDER, MOTION_GROUPS
+    from i2e_dali.convert.spec import GROUP_LETTERS, parse_order
+
+    text = (ROOT / "docs" / "concepts" / "i2e.md").read_text()
+    rows = re.findall(r"^\| ([a-h]) \| (\d) \| ((?:`\[\d,\d\]` ?)+)\|$", text, re.M)
+    assert len(rows) == 8, rows
+    for letter, index, motions in rows:
+        assert GROUP_LETTERS.index(letter) == int(index)
+        assert tuple(tuple(map(int, m)) for m in re.findall(r"\[(\d),(\d)\]", motions)) == MOTION_GROUPS[int(index)]
+    assert "default order is `e f g h a b c d`" in text
+    assert "".join(GROUP_LETTERS[g] for g in DEFAULT_ORDER) == "efghabcd"
+    presets = dict(re.findall(r"(\d) `([a-h]{8})`", text))
+    assert len(presets) == 6
+    for number, letters in presets.items():
+        assert "".join(GROUP_LETTERS[g] for g in parse_order(int(number))) == letters
