@@ -10,7 +10,7 @@ A block looks like this in a Markdown file (the name picks the generator below):
     <!-- end generated: demo-epochs -->
 
 Sources: benchmarks/results/cpu/ (CPU reference runs: demo/ = the demo's metrics.jsonl, config.yaml and run.json;
-interp-compare.json; scale.json from `i2e-bench scale`),
+interp-compare.json; scale-*.json from `i2e-bench scale`),
 benchmarks/results/*-proof.json (GPU proofs), pyproject.toml ([project.scripts]) and the recipe registry
 (i2e_dali.training.recipes). A measured number in the docs that is not in such a block carries the date
 and the command that gave it. Edit the sources, never the blocks: the next --check would fail.
@@ -40,7 +40,7 @@ BLOCK = re.compile(
 )
 DEMO = Path("benchmarks/results/cpu/demo")
 INTERP = Path("benchmarks/results/cpu/interp-compare.json")
-SCALE = Path("benchmarks/results/cpu/scale.json")
+SCALE = "benchmarks/results/cpu/scale-*.json"  # one file per i2e-bench scale run
 
 # One line per console script, with the guide that explains it. A script in pyproject.toml without a line
 # here makes --check fail: every CLI is in the table.
@@ -211,19 +211,26 @@ def gen_interp(root: Path, md_file: Path) -> str:
 
 
 def gen_scale(root: Path, md_file: Path) -> str:
-    rec = json.loads((root / SCALE).read_text())
-    env = rec["environment"]
-    rows = ["| files | scan on every rank | index write (rank 0, once) | start from the index | "
-            "+ EventLoader (train, CPU) |", "|---|---|---|---|---|"]
-    for r in rec["results"]:
+    """Every committed ``i2e-bench scale`` run, one row per run and file count (the machine is shared, so
+    the spread between runs is part of the answer)."""
+    rows = ["| files | run | scan on every rank | index write (rank 0, once) | start from the index | "
+            "+ EventLoader (train, 1 rank) | tar-shard manifest | + EventLoader on shards |",
+            "|---|---|---|---|---|---|---|---|"]
+    runs = sorted((json.loads(p.read_text()) for p in sorted(root.glob(SCALE))),
+                  key=lambda rec: rec["environment"]["date"])
+    for r, rec in sorted(((r, rec) for rec in runs for r in rec["results"]),
+                         key=lambda x: (x[0]["files"], x[1]["environment"]["date"])):
         sc, wr, ix, ld = r["scan"], r["index-write"], r["from-index"], r["loader"]
-        rows.append(f"| {r['files']:,} | {sc['source_s']:.2f} s, +{sc['extra_rss_mb']:.0f} MB | "
-                    f"{wr['source_s']:.2f} s | {ix['source_s']:.2f} s, +{ix['extra_rss_mb']:.0f} MB | "
-                    f"{ld['loader_s']:.2f} s, +{ld['loader_extra_rss_mb']:.0f} MB in all |")
-    files = " ".join(str(f) for f in rec["settings"]["files"])
-    rows.append(f"\n*{env['date'][:10]}, {env['cpu_cores']}-core {env['cpu']} (shared with other jobs), hard links "
-                f"to real JPEGs in {rec['settings']['classes']} classes, warm page cache, each step a fresh "
-                f"process: `i2e-bench scale --out DIR --files {files}`*")
+        sh, sl = r.get("shards"), r.get("shards-loader")
+        rows.append(f"| {r['files']:,} | {rec['environment']['date'][11:16]} | {sc['source_s']:.2f} s, "
+                    f"+{sc['extra_rss_mb']:.0f} MB | {wr['source_s']:.2f} s | {ix['source_s']:.2f} s, "
+                    f"+{ix['extra_rss_mb']:.0f} MB | {ld['loader_s']:.2f} s, +{ld['loader_extra_rss_mb']:.0f} MB "
+                    f"in all | " + (f"{sh['source_s']:.2f} s, +{sh['extra_rss_mb']:.0f} MB" if sh else "–") + " | "
+                    + (f"{sl['loader_s']:.2f} s, +{sl['loader_extra_rss_mb']:.0f} MB in all" if sl else "–") + " |")
+    env = runs[-1]["environment"]
+    rows.append(f"\n*{env['date'][:10]} (run = UTC time), {env['cpu_cores']}-core {env['cpu']} shared with other "
+                f"jobs, hard links to real JPEGs in {runs[-1]['settings']['classes']} classes, warm page cache, each "
+                f"step a fresh process: `i2e-bench scale --out DIR --files 10000 1281167 [--shards]`*")
     return "\n".join(rows) + "\n"
 
 
