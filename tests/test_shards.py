@@ -323,3 +323,30 @@ def test_i2e_shard_under_torchrun_writes_the_same_shards(data, tmp_path):
         assert a.label_array.tolist() == b.label_array.tolist() and a.samples == [
             (s.replace(str(data / "wds"), str(out)), lab) for s, lab in b.samples]
     assert (out / "classes.json").read_text() == (data / "wds" / "classes.json").read_text()
+
+
+def test_verify_finds_index_and_content_mismatches(data, tmp_path):
+    import shutil
+
+    out = tmp_path / "v"
+    shutil.copytree(data / "wds", out)
+    assert verify(out, progress=lambda *_: None) == 16 + 9
+    idx = Path(index_path_of(str(sorted((out / "val").glob("*.tar"))[0])))
+    good = idx.read_text()
+    lines = good.splitlines()
+    a, b = lines[1].split(), lines[2].split()  # swap two samples' image members: offsets inside the tar, wrong
+    lines[1], lines[2] = " ".join(b[:4] + a[4:]), " ".join(a[:4] + b[4:])
+    idx.write_text("\n".join(lines) + "\n")
+    with pytest.raises(DatasetError, match=f"index file .*{idx.name} does not match tar shard"):
+        verify(out, progress=lambda *_: None)
+    idx.write_text(good)
+    tar = sorted((out / "train").glob("*.tar"))[0]  # a label changed inside the tar (same size)
+    raw = bytearray(tar.read_bytes())
+    src = ShardSource(str(out / "train"))
+    with tarfile.open(tar) as t:
+        cls = next(m for m in t.getmembers() if m.name.endswith(".cls"))
+    raw[cls.offset_data] = ord("2") if raw[cls.offset_data] != ord("2") else ord("1")
+    tar.write_bytes(bytes(raw))
+    with pytest.raises(DatasetError, match=f"{tar.name}: member .* differs from the manifest"):
+        verify(out, progress=lambda *_: None)
+    assert len(src) == 16
