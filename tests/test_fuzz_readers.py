@@ -351,4 +351,5 @@ def test_damaged_cifar_batches_and_checkpoint_fields(tmp_path):
     partial = load_checkpoint(save_checkpoint({k: v for k, v in good.items() if k != "scheduler"},
                                               tmp_path / "partial.pt"))
     with pytest.raises(CheckpointError, match=r"partial.pt: damaged checkpoint: 'scheduler' is missing"):
-        check_compatible(partial, None, 3, [], str(tmp_path / "partial.pt"))
+        check_compatible(partial, arch="msresnet18", width=64, dataset="demo", num_classes=3, class_names=[],
+                         source=str(tmp_path / "partial.pt"))

@@ -195,7 +195,7 @@ def test_checkpoint_of_another_width_is_refused(tmp_path):
 
 def test_missing_and_unsafe_files(tmp_path):
     model = build_model("msresnet18", num_classes=10, width=2)
-    with pytest.raises(FileNotFoundError, match="not found"):
+    with pytest.raises(CheckpointError, match="not found"):  # a user error: one line from the CLI, exit 2
         load_pretrained(model, tmp_path / "nope.pth")
 
     class Payload:  # pickled code: must never be unpickled

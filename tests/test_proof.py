@@ -34,7 +34,7 @@ def test_proof_quick_runs_every_part_on_cpu(tmp_path, official_samples, capsys):
     assert parts["environment"]["imports"]["nvidia.dali"]["ok"]
     assert {r["impl"] for r in parts["convert"]["record"]["results"]} == {"torch", "conv"}
     assert parts["corpus"]["record"]["train_images"] == 12
-    assert {r["pipeline"] for r in parts["loader"]["record"]["results"]} == {"dali-cpu", "reference"}
+    assert {r["pipeline"] for r in parts["loader"]["record"]["results"]} == {"dali-cpu", "dali-cpu-wds", "reference"}
     train = parts["train"]["record"]
     assert [r["feed"] for r in train["results"]] == ["synthetic", "dali-cpu", "reference"]
     assert 0 < len(train["profile"]["top"]) <= 15 and train["profile"]["feed"] == "dali-cpu"
