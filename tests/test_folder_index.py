@@ -151,3 +151,45 @@ def test_skip_invalid_and_exclude_with_an_index(folder, tmp_path):
     ex = ImageFolderSource(folder, index=path, exclude=[drop, str(folder / "c" / "notes.txt")])
     assert drop not in ex.files and len(ex) == len(src) - 1 and ex.excluded == [drop, str(folder / "c" / "notes.txt")]
     assert ex.label_array.tolist() == [lab for p, lab in src.samples if p != drop]
+
+
+def test_trainer_reads_the_scan_once_through_folder_index(tmp_path, capsys):
+    """--folder-index DIR: the first run writes one index per split, a rerun reads it (same weights), and a
+    data set changed since is refused with exit 2 naming the folder, never read through the stale index."""
+    import pytest
+    import torch
+
+    from i2e_dali.training.run import main
+    from train_helpers import tiny_args, tiny_data
+
+    data = tiny_data(tmp_path / "data", classes=2)
+    index_dir = tmp_path / "index"
+    main(tiny_args(data, tmp_path / "a", "--folder-index", str(index_dir), epochs=1))
+    written = sorted(p.name for p in index_dir.iterdir())
+    assert written == ["train.i2e-index.npz", "val.i2e-index.npz"]
+    stamp = {p: p.stat().st_mtime_ns for p in index_dir.iterdir()}
+    main(tiny_args(data, tmp_path / "b", "--folder-index", str(index_dir), epochs=1))
+    assert {p: p.stat().st_mtime_ns for p in index_dir.iterdir()} == stamp  # read, not rewritten
+    a, b = (torch.load(tmp_path / r / "last.pt", weights_only=True)["model"] for r in "ab")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+    cls = sorted(p for p in (data / "train").iterdir() if p.is_dir())[0]
+    extra = sorted(cls.iterdir())[0]
+    (cls / ("copy-" + extra.name)).write_bytes(extra.read_bytes())
+    with pytest.raises(SystemExit) as stop:
+        main(tiny_args(data, tmp_path / "c", "--folder-index", str(index_dir), epochs=1))
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert str(cls) in err or str(data / "train") in err, err
+
+
+def test_folder_index_flag_is_for_image_folders(tmp_path):
+    from i2e_dali.errors import ConfigError
+    from i2e_dali.training.config import TrainConfig
+    from i2e_dali.training.data import _index
+
+    cfg = TrainConfig.from_dict({"data": {"dataset": "cifar10", "root": str(tmp_path), "folder_index": "auto"}})
+    import pytest
+
+    with pytest.raises(ConfigError, match="--folder-index"):
+        _index(cfg.data)

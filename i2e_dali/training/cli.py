@@ -98,6 +98,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="image folders: run the decode check on train/ and val/ first (cached per folder, keyed "
                         "by file list, sizes and mtimes) and leave out every file it finds. Without this or "
                         "--exclude-list the first bad file stops the run")
+    g.add_argument("--folder-index", type=str, metavar="auto|DIR",
+                   help="image folders: scan train/ and val/ once and keep the scan as an index file that every "
+                        "rank and node reads (auto: <split>/.i2e-index.npz inside the data set; DIR: "
+                        "DIR/<split>.i2e-index.npz, e.g. on a shared file system when the data is read-only or "
+                        "on s3://). Rank 0 writes a missing index; a folder changed since is refused, never "
+                        "silently used. Unset: every rank scans (fine up to ~100k files)")
 
     g = p.add_argument_group("model")
     g.add_argument("--arch", type=str,

@@ -94,6 +94,7 @@ class DataConfig:
     demo_dir: str | None = _f(None, "--demo-dir")
     exclude_list: str | None = _f(None, "--exclude-list")
     skip_bad: bool = _f(False, "--skip-bad")
+    folder_index: str | None = _f(None, "--folder-index")  # "auto" or a folder of index files; None: scan
     aug: str = _f("baseline2", "--aug", choices=("baseline1", "baseline2"))
     random_motion: bool = _f(True, "--no-random-motion")
     fixed_threshold: float | None = _f(None, "--fixed-threshold", check=lambda v: v is None or 0 < v <= 1,

@@ -63,7 +63,7 @@ def build_loaders(config: TrainConfig, rt: Runtime, *, need_train: bool = True):
                                   per_sample=not d.batch_motions, dtype=dtype, random_motion=d.random_motion,
                                   threshold="adaptive" if fixed is None else "fixed", threshold_value=fixed,
                                   output=d.input),
-            aug=d.aug, source_options=_exclusions(d, data, rt, progress=progress))
+            aug=d.aug, source_options={**_exclusions(d, data, rt, progress=progress), **_index(d)})
     val = make_loader(data, "val", o.batch_size, **common)
     if not need_train:
         return None, val
@@ -96,6 +96,16 @@ def _exclusions(d: DataConfig, root, rt: Runtime, *, progress: bool) -> dict:
         checked = ExcludeList(found, "the --skip-bad check")
         excl = excl + checked if listed else checked
     return dict(exclude=excl)
+
+
+def _index(d: DataConfig) -> dict:
+    """``index=`` for the folder sources from --folder-index (data/folder_index.py: the scan done once)."""
+    if d.folder_index is None:
+        return {}
+    if d.dataset not in ("imagenet", "folder"):
+        raise ConfigError(f"--folder-index applies to image-folder data sets with train/ and val/ (imagenet, "
+                          f"folder), not --dataset {d.dataset}")
+    return dict(index=d.folder_index)
 
 
 def _check_data_dir(path) -> None:
