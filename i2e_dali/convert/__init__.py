@@ -1,4 +1,4 @@
-"""THE I2E conversion (shared/I2E_SPEC.md), in one package whose imports run one way:
+"""THE I2E conversion (defined in docs/concepts/i2e.md), in one package whose imports run one way:
 ``api`` (i2e_convert, I2E, event_rate: the dispatch) -> ``torch_path`` / ``triton_path`` -> ``spec``.
 ``conv_baseline`` is the conv-based way of computing I2E, kept only as the benchmarks' speed baseline.
 Never imports DALI.

@@ -60,7 +60,7 @@ def i2e_convert(
     threshold: str = "adaptive",
     threshold_value: float | None = None,
 ) -> torch.Tensor:
-    """Convert ``[B, 3, H, W]`` images to events ``[T, B, 2, H, W]`` (shared/I2E_SPEC.md).
+    """Convert ``[B, 3, H, W]`` images to events ``[T, B, 2, H, W]`` (defined in docs/concepts/i2e.md).
 
     Args:
         images: uint8 0..255 or float 0..1, on CPU or CUDA.

@@ -11,7 +11,7 @@ extractor defines raw polarity 0 as ON and flips it the same way, so ``p' = 1`` 
 (brightness rose) and ``p' = 0`` an OFF event.
 
 Channels: this project puts ON in channel 0 and OFF in channel 1, as the I2E conversion does
-(shared/I2E_SPEC.md), so a model pre-trained on I2E events sees the same polarity in the same channel:
+(docs/concepts/i2e.md), so a model pre-trained on I2E events sees the same polarity in the same channel:
 channel = 1 - p'. spikingjelly, and with it the authors' CIFAR10-DVS script, index the channel by p'
 (channel 0 = OFF); ``polarity="spikingjelly"`` gives that order, e.g. to evaluate the authors'
 fine-tuned checkpoints.

@@ -1,4 +1,4 @@
-"""Read (and write) I2E event datasets stored as one ``.npz`` per sample (shared/I2E_SPEC.md).
+"""Read (and write) I2E event datasets stored as one ``.npz`` per sample (docs/concepts/i2e.md).
 
 Layout: ``<root>/<split>/<class>/<name>.npz``; class index = position in the sorted class folder names
 (torchvision ImageFolder's rule, the same the live loader uses).

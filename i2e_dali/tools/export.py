@@ -1,4 +1,4 @@
-"""Export an image data set as an I2E event data set (the authors' npz formats, shared/I2E_SPEC.md).
+"""Export an image data set as an I2E event data set (the authors' npz formats, docs/concepts/i2e.md).
 
 ``python -m i2e_dali.tools.export --data ROOT --out OUT --format dense|sparse`` (console script ``i2e-export``).
 
