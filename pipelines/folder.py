@@ -15,19 +15,36 @@ Views:
 
 The reader's "labels" are whatever integers the caller passes; the loader passes the sample's index
 into its file list, so the class label (and, for the exporter, the file) is looked up afterwards.
+
+Declared-size guard (``max_pixels``, off by default here; the loader turns it on with
+``i2e_dali.data.decode_check.default_max_pixels()``): ``fn.peek_image_shape`` reads each image's header on the
+CPU (no pixel decoded) and a sample declaring more than ``max_pixels`` pixels has its encoded bytes replaced
+by a tiny placeholder JPEG (a DALI conditional) before any decoder sees it, so a decompression bomb or a lying
+header (6081 x 43406) costs no allocation and cannot break the random-crop window. The graph then has a third
+output, "declared": each sample's declared shape (H, W, C) int64, on the CPU; whoever runs the graph must
+refuse a batch holding a sample over the limit (its image is the placeholder): the EventLoader does.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
+import numpy as np
 from nvidia.dali import fn, pipeline_def, types
 
 from . import DEFAULT_SEED, interp_type, pipeline_options
 
-__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "TRAIN_VIEWS", "READER_NAME", "build_folder_pipeline", "decode_views"]
+__all__ = ["FolderPipelineConfig", "EVAL_VIEWS", "TRAIN_VIEWS", "READER_NAME", "build_folder_pipeline", "decode_views",
+           "PLACEHOLDER_JPEG"]
 
 READER_NAME = "Reader"
+# What a sample over the pixel limit is decoded as instead of itself: an 8 x 8 black greyscale baseline JPEG
+# (160 bytes, PIL quality 50). Valid for every view: a random crop of 8 x 8 still has a window.
+PLACEHOLDER_JPEG = bytes.fromhex(
+    "ffd8ffe000104a46494600010100000100010000ffdb004300100b0c0e0c0a100e0d0e1211101318281a181616183123251d283a33"
+    "3d3c3933383740485c4e404457453738506d51575f626768673e4d71797064785c656763ffc0000b080008000801011100ffc4001400"
+    "0100000000000000000000000000000007ffc40014100100000000000000000000000000000000ffda0008010100003f003f7fffd9"
+)
 EVAL_VIEWS = ("crop", "resize")
 TRAIN_VIEWS = ("random-resized-crop", "resize")
 
@@ -76,6 +93,9 @@ class FolderPipelineConfig:
     # The mixed decoder's chroma upsampling the way libjpeg-turbo (DALI's CPU decoder, PIL) does it, so
     # GPU- and CPU-decoded pixels agree on ordinary 4:2:0 JPEGs (DALI's default is False).
     jpeg_fancy_upsampling: bool = True
+    # Declared-size guard (module docstring): 0 = off (no extra op, two outputs); N > 0 = replace samples
+    # whose header declares more than N pixels, and add the "declared" output.
+    max_pixels: int = 0
 
     def validate(self) -> None:
         if self.batch_size < 1:
@@ -96,9 +116,13 @@ class FolderPipelineConfig:
             raise ValueError(f"hw_decoder_load must be in [0, 1], got {self.hw_decoder_load}")
         if self.num_threads < 1 or self.prefetch_queue_depth < 1:
             raise ValueError("num_threads and prefetch_queue_depth must be >= 1")
+        if isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 0:
+            raise ValueError(f"max_pixels must be an int >= 0 (0 = no limit), got {self.max_pixels!r}")
 
 
-@pipeline_def
+# Conditionals (the guard's per-sample branch) are enabled on every graph; with the guard off there is no
+# ``if`` on a DataNode and the graph holds the same operators as without them.
+@pipeline_def(enable_conditionals=True)
 def _folder_graph(files: Sequence[str] | None, sample_ids: Sequence[int] | None, cfg: FolderPipelineConfig,
                   file_list: str | None = None, file_root: str | None = None):
     shuffle = cfg.train if cfg.shuffle is None else cfg.shuffle
@@ -122,10 +146,24 @@ def _folder_graph(files: Sequence[str] | None, sample_ids: Sequence[int] | None,
     return decode_views(encoded, ids, cfg)
 
 
+def _guard_declared_size(encoded, max_pixels: int):
+    """``(encoded, declared)``: samples whose header declares more than ``max_pixels`` pixels swapped for
+    PLACEHOLDER_JPEG, and every sample's declared shape (H, W, C) from the header alone."""
+    declared = fn.peek_image_shape(encoded, dtype=types.INT64)
+    # int64 throughout: a declared 65535 x 65535 (the JPEG maximum) overflows int32
+    if declared[0] * declared[1] > types.Constant(max_pixels, dtype=types.INT64):
+        encoded = types.Constant(np.frombuffer(PLACEHOLDER_JPEG, np.uint8), dtype=types.UINT8, device="cpu")
+    return encoded, declared
+
+
 def decode_views(encoded, ids, cfg: FolderPipelineConfig):
     """The decode + view part of the graph (every train/eval view above), shared by every reader of
     encoded images (files here, tar shards in ``pipelines.shards``): ``(images uint8 [B,3,S,S], ids)``,
-    both moved to the GPU when ``cfg.device_id`` is set."""
+    both moved to the GPU when ``cfg.device_id`` is set; with ``cfg.max_pixels`` a third output, the declared
+    shapes (CPU, see the module docstring). Must be called from a graph with ``enable_conditionals``."""
+    declared = None
+    if cfg.max_pixels:
+        encoded, declared = _guard_declared_size(encoded, cfg.max_pixels)
     gpu = cfg.device_id is not None and not cfg.cpu_ops  # GPU decode + GPU operators
     decoder_kw = {"device": "mixed" if gpu else "cpu", "output_type": types.RGB}
     if gpu:
@@ -171,7 +209,8 @@ def decode_views(encoded, ids, cfg: FolderPipelineConfig):
         if not gpu:
             images = images.gpu()  # CPU decode for a GPU consumer: DALI moves the batch, not torch
         ids = ids.gpu()  # labels travel with the images, so torch gets both on the device
-    return images, ids
+    # "declared" stays on the CPU: the host reads it after each batch without waiting for the device
+    return (images, ids) if declared is None else (images, ids, declared)
 
 
 def build_folder_pipeline(
@@ -183,7 +222,8 @@ def build_folder_pipeline(
     file_list: str | None = None,
     file_root: str | None = None,
 ):
-    """An (unbuilt) DALI pipeline with outputs ``images`` uint8 [B,3,S,S] and ``ids`` int32 [B,1].
+    """An (unbuilt) DALI pipeline with outputs ``images`` uint8 [B,3,S,S] and ``ids`` int32 [B,1] (and
+    ``declared`` int64 [B,3] on the CPU when ``cfg.max_pixels`` is set).
 
     ``files`` are absolute paths, ``sample_ids`` the integers handed back for each (same length); or
     ``file_list``: a text file of DALI's ``file_list`` format ("path id" per line, paths below

@@ -42,7 +42,7 @@ class _Ids:
         return self.ids[min(info.idx_in_epoch % self.period, len(self.ids) - 1)]
 
 
-@pipeline_def
+@pipeline_def(enable_conditionals=True)  # decode_views' declared-size guard
 def _shard_graph(paths: Sequence[str], index_paths: Sequence[str], ids: np.ndarray, cfg: FolderPipelineConfig):
     encoded = fn.readers.webdataset(
         paths=list(paths), index_paths=list(index_paths), ext=[";".join(IMAGE_EXTS)],
@@ -56,7 +56,8 @@ def _shard_graph(paths: Sequence[str], index_paths: Sequence[str], ids: np.ndarr
 
 def build_shard_pipeline(paths: Sequence[str], index_paths: Sequence[str], sample_ids, cfg: FolderPipelineConfig,
                          checkpoint: str | None = None):
-    """An (unbuilt) pipeline with outputs ``images`` uint8 [B,3,S,S] and ``ids`` int32 [B,1].
+    """An (unbuilt) pipeline with outputs ``images`` uint8 [B,3,S,S] and ``ids`` int32 [B,1] (and ``declared``
+    with ``cfg.max_pixels``: see ``pipelines.folder``).
 
     ``paths``: the tar shards (local paths or s3:// URLs), ``index_paths``: one LOCAL index file each
     (DALI reads index files with plain file I/O), listing this epoch's samples in reading order;

@@ -24,9 +24,10 @@ from train_helpers import tiny_args, tiny_data
 W, H = 6081, 43406
 
 
-def _loader(source, *, train: bool, **kw) -> EventLoader:
-    """A one-thread CPU loader."""
-    return EventLoader(source, 2, train=train, device="cpu", dali=DaliOptions(num_threads=1), **kw)
+def _loader(source, *, train: bool, max_pixels=None, **kw) -> EventLoader:
+    """A one-thread CPU loader; ``max_pixels`` sets its pipeline's declared-size guard (None: the default)."""
+    extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+    return EventLoader(source, 2, train=train, device="cpu", dali=DaliOptions(num_threads=1, extra=extra), **kw)
 
 
 @pytest.fixture
@@ -73,9 +74,10 @@ def test_check_lists_the_absurd_size_by_limit_and_by_the_crop_decode(absurd, tmp
 
 def test_training_loader_names_the_file_whatever_dali_says(absurd):
     """The training view fails with DALI's crop-window message (no file, no known phrase); the loader's
-    isolated search names the file. Before: a raw RuntimeError."""
+    isolated search names the file. Before: a raw RuntimeError. The pipeline's own guard is off here, so
+    DALI sees the file (with it on, test_pixel_guard.py: refused before DALI)."""
     root, victim = absurd
-    loader = _loader(ImageFolderSource(root), train=True, crop_size=16)
+    loader = _loader(ImageFolderSource(root), train=True, crop_size=16, max_pixels=0)
     with pytest.raises(UndecodableImageError) as info:
         for _ in range(3):
             for _ in loader:

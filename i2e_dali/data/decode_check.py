@@ -25,12 +25,12 @@ from ..errors import ConfigError, UndecodableImageError
 from ..fsio import atomic_write_text
 from ..placement import usable_cores
 from .dali_errors import PATH_PATTERNS, is_dali_data_error
-from .decode_pool import DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_TIME_LIMIT, DecodePool, over_limit
+from .decode_pool import DEFAULT_CROP, DEFAULT_MAX_PIXELS, DEFAULT_TIME_LIMIT, DecodePool, limit_reason, over_limit
 from .exclude import normalize_path
 from .sources import scan_image_folder
 
 __all__ = ["decode_check", "find_bad_files", "skip_bad_check", "default_check_cache", "default_max_pixels", "find_culprits", "loader_error",
-           "is_infrastructure_error", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS"]
+           "oversized_error", "is_infrastructure_error", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS"]
 
 _log = logging.getLogger("i2e_dali.data")
 _CACHE_VERSION = 2  # 2: the random-crop decode and the pixel limit joined the check
@@ -164,6 +164,25 @@ def loader_error(message: str, files: list[str] | None, *, root="", num_threads:
         f"Run `i2e-check {root}` to list every file the pipeline cannot decode, then remove or "
         f"re-encode those files (e.g. re-save them as RGB JPEG), or train with --skip-bad."
     )
+
+
+def oversized_error(items, max_pixels: int, *, root="", shards: bool = False) -> UndecodableImageError:
+    """What the EventLoader raises when its pipeline's declared-size guard (pipelines/folder.py) met samples
+    over ``max_pixels``: ``items`` are ``(name, height, width)``, the name a file path, or with ``shards`` a
+    "tar shard S (member M)". The advice is :func:`loader_error`'s (shards: re-create them)."""
+    items = list(items)
+    names = [n for n, _, _ in items]
+    reasons = [limit_reason(w, h, max_pixels) for _, h, w in items[:10]]
+    why = reasons[0] if len(items) == 1 else "; ".join(f"{n}: {r}" for n, r in zip(names, reasons))
+    where = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    if shards:
+        advice = (f"Re-create the shards of {root} without these images (or re-encoded smaller), or raise the "
+                  "limit (I2E_DALI_MAX_PIXELS=N, 0 = none) if the sizes are genuine.")
+    else:
+        where = f"image file{'s' if len(names) > 1 else ''} {where}"
+        advice = (f"Run `i2e-check {root}` to list every file the pipeline cannot decode, then remove or "
+                  "re-encode those files (e.g. re-save them as RGB JPEG), or train with --skip-bad.")
+    return UndecodableImageError(f"refused {where} before decoding: {why}\n{advice}")
 
 
 # ------------------------------------------------------------------------------------------------

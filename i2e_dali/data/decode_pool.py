@@ -45,7 +45,8 @@ from multiprocessing.connection import wait
 
 from tqdm import tqdm
 
-__all__ = ["DecodePool", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS", "DEFAULT_CROP", "declared_pixels", "over_limit"]
+__all__ = ["DecodePool", "DEFAULT_TIME_LIMIT", "DEFAULT_MAX_PIXELS", "DEFAULT_CROP", "declared_pixels", "over_limit",
+           "limit_reason"]
 
 DEFAULT_TIME_LIMIT = 60.0  # seconds one image may take before its decoder counts as hung
 # PIL's decompression-bomb threshold (Image.MAX_IMAGE_PIXELS: a 0.25 GiB RGB image); ImageNet's largest
@@ -129,7 +130,12 @@ def over_limit(data, max_pixels: int | None) -> str | None:
     size = declared_pixels(data)
     if size is None or size[0] * size[1] <= max_pixels:
         return None
-    w, h = size
+    return limit_reason(size[0], size[1], max_pixels)
+
+
+def limit_reason(width: int, height: int, max_pixels: int) -> str:
+    """Why a declared ``width`` x ``height`` is refused (the check's and the loader's wording)."""
+    w, h = int(width), int(height)
     return (f"declares {w} x {h} pixels ({w * h:,} > the limit of {max_pixels:,}; set I2E_DALI_MAX_PIXELS or "
             "--max-pixels to allow it)")
 

@@ -125,11 +125,13 @@ def _folder_pipeline(loader: "EventLoader", epoch: int, seed: int, checkpoint: s
         num_threads=loader.num_threads, seed=seed, shuffle=False,  # the list is this epoch's order
         prefetch_queue_depth=loader.dali.prefetch_queue_depth, hw_decoder_load=loader.dali.hw_decoder_load,
         cpu_ops=loader.decode == "cpu", train_view="resize" if loader.aug == "baseline1" else "random-resized-crop",
+        max_pixels=loader.max_pixels,
     )
     loader._apply_options(cfg)
     pipe = build_folder_pipeline(None, None, cfg, checkpoint, file_list=path, file_root=root)
     policy = LastBatchPolicy.DROP if loader.train else LastBatchPolicy.PARTIAL
-    return pipe, {"reader_name": READER_NAME, "last_batch_policy": policy}
+    # "max_pixels" is the loader's (see _open), not the iterator's
+    return pipe, {"reader_name": READER_NAME, "last_batch_policy": policy, "max_pixels": cfg.max_pixels}
 
 
 def _cifar_pipeline(loader: "EventLoader", epoch: int, seed: int, checkpoint: str | None):
@@ -267,6 +269,11 @@ class EventLoader(LoaderBase):
         self.class_names: list[str] = list(source.classes)
         self.num_classes = len(self.class_names)
         if kind in ("folder", "wds"):  # encoded images: the ImageNet views
+            from .decode_check import default_max_pixels
+
+            # The declared-size guard in the graph (pipelines/folder.py; 0 = off): $I2E_DALI_MAX_PIXELS or
+            # PIL's limit, as i2e-check and --skip-bad; dali.extra={"max_pixels": N} overrides it.
+            self.max_pixels = default_max_pixels() or 0
             self.crop_size = int(crop_size or source.default_crop_size)
             self.resize_size = int(resize_size or source.default_resize_size)
             self.image_size = (self.crop_size, self.crop_size)
@@ -296,6 +303,7 @@ class EventLoader(LoaderBase):
 
         self._generator = torch.Generator(device=self.device) if self.train else None
         self._iterator = None
+        self._guard = 0  # the current pipeline's pixel limit (0: no "declared" output)
         self._fresh = False  # the pipeline has not handed out a batch of its epoch yet
         self._pipe_epoch = -1
         self._pass = 0  # id of the current pass: an older pass's generator stops instead of reading on
@@ -336,8 +344,10 @@ class EventLoader(LoaderBase):
             return
         seed = _epoch_seed(self.seed, epoch if self.train else 0, self.shard_id, 0)
         pipe, kw = _BUILDERS[self.kind](self, epoch, seed, checkpoint)
+        self._guard = kw.pop("max_pixels", 0)  # the graph has a third output, "declared" (pipelines/folder.py)
+        names = ["images", "ids"] + (["declared"] if self._guard else [])
         self._iterator = self._dali_call(lambda: DALIGenericIterator(
-            pipe, ["images", "ids"], auto_reset=False, **_ITERATOR_OPTIONS, **kw))
+            pipe, names, auto_reset=False, **_ITERATOR_OPTIONS, **kw))
         if self._generator is not None:
             self._generator.manual_seed(_epoch_seed(self.seed, epoch, self.shard_id, 1))
         self._pipe_epoch, self._fresh = epoch, True
@@ -383,6 +393,23 @@ class EventLoader(LoaderBase):
         return loader_error(msg, self._my_files() if self.kind == "folder" else None,
                             root=getattr(self.source, "root", ""), num_threads=min(self.num_threads, 8))
 
+    def _refuse_oversized(self, declared: torch.Tensor, ids: torch.Tensor) -> None:
+        """Raise naming the samples of this batch whose header declares more pixels than the limit: the graph
+        decoded a placeholder in their place. ``declared`` is a CPU output, so no device sync here; the ids
+        (maybe on the device) are read only when there is something to refuse."""
+        d = declared.numpy().reshape(-1, 3)
+        over = np.flatnonzero(d[:, 0] * d[:, 1] > self._guard)
+        if over.size:
+            from .decode_check import oversized_error
+
+            src, rows = self.source, ids.reshape(-1).cpu().numpy()[over].tolist()
+            if self.kind == "wds":
+                names = [f"tar shard {src.shard_path(i)} (member {src.member_name(i)})" for i in rows]
+            else:
+                names = [src.path(i) if hasattr(src, "path") else src.samples[i][0] for i in rows]
+            raise oversized_error([(n, *d[k, :2].tolist()) for n, k in zip(names, over)], self._guard,
+                                  root=str(getattr(src, "root", "")), shards=self.kind == "wds")
+
     def _my_files(self) -> list[str]:
         lo, hi = (0, self.total_samples) if self.train else self._eval_range
         return [self.source.samples[i][0] for i in range(lo, hi)]
@@ -419,6 +446,8 @@ class EventLoader(LoaderBase):
             images, ids = out[0]["images"], out[0]["ids"]
             if images.shape[0] == 0:
                 continue
+            if self._guard:
+                self._refuse_oversized(out[0]["declared"], ids)
             self.position += 1
             yield self._convert(images, ids)
 

@@ -320,6 +320,10 @@ class ShardSource:
     def shards(self) -> list[str]:
         return list(self._shards)
 
+    def shard_path(self, i: int) -> str:
+        """The tar shard sample ``i`` lies in."""
+        return self._shards[int(self._shard_of[i])]
+
     def member_name(self, i: int) -> str:
         line = self._lines[self._line_off[i]:self._line_off[i + 1]].decode("utf-8", "surrogateescape")
         return line.rstrip("\n").split(" ", 3)[-1]
@@ -430,6 +434,7 @@ def shard_pipeline(loader, epoch: int, seed: int, checkpoint: str | None):
         num_threads=loader.num_threads, seed=seed, shuffle=False,
         prefetch_queue_depth=loader.dali.prefetch_queue_depth, hw_decoder_load=loader.dali.hw_decoder_load,
         cpu_ops=loader.decode == "cpu", train_view="resize" if loader.aug == "baseline1" else "random-resized-crop",
+        max_pixels=loader.max_pixels,  # the declared-size guard (pipelines/folder.py), checked by the loader
     )
     loader._apply_options(cfg)
     tmp = tempfile.mkdtemp(prefix="i2e-wds-")
@@ -446,4 +451,4 @@ def shard_pipeline(loader, epoch: int, seed: int, checkpoint: str | None):
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     policy = LastBatchPolicy.DROP if loader.train else LastBatchPolicy.PARTIAL
-    return pipe, {"reader_name": READER_NAME, "last_batch_policy": policy}
+    return pipe, {"reader_name": READER_NAME, "last_batch_policy": policy, "max_pixels": cfg.max_pixels}
