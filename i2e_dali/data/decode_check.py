@@ -7,6 +7,8 @@
 - :func:`find_culprits`: the EventLoader's answer to any DALI error that is not the machine's
   (:func:`is_infrastructure_error`): the file(s) to blame, from DALI's message when it names one, else by
   the isolated search over the loader's files (headers first, then the decode check).
+- :func:`oversized_error`: the EventLoader's error when its own graph refused a declared size over the limit
+  (pipelines/folder.py's guard: the same limit, checked before DALI decodes anything).
 - :func:`find_bad_files` checks one class-folder split and caches the answer per folder, keyed by the
   file list, sizes and modification times (``--skip-bad``).
 """
