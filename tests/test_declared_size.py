@@ -130,3 +130,37 @@ def test_trainer_stops_naming_it_and_skip_bad_runs_past_it(tmp_path, monkeypatch
     assert skip.returncode == 0, skip.stderr[-3000:]
     log = (tmp_path / "skip" / "train.log").read_text()
     assert "--skip-bad: 1 unusable file(s)" in log and (tmp_path / "skip" / "last.pt").is_file()
+
+
+def test_culprit_search_reads_only_the_batches_in_flight(tmp_path, caplog):
+    """On a DALI error that names no file, the search decodes the epoch's next batches up to the prefetch
+    depth, not the rank's whole share (on ImageNet that would be hours before the user hears the file)."""
+    import logging
+
+    root = make_folder(tmp_path / "big", {"a": 30, "b": 30}, seed=7)
+    victim = root / "b" / "b_017.JPEG"
+    victim.write_bytes(jpeg_declare_size(victim.read_bytes(), W, H))
+    loader = _loader(ImageFolderSource(root), train=True, crop_size=16, max_pixels=0)
+    with caplog.at_level(logging.WARNING, logger="i2e_dali"), pytest.raises(UndecodableImageError) as info:
+        for _ in loader:
+            pass
+    assert str(victim) in str(info.value)
+    searched = [int(r.getMessage().split("searching ")[1].split()[0]) for r in caplog.records
+                if "searching" in r.getMessage()]
+    window = (loader.dali.prefetch_queue_depth + 2) * loader.batch_size
+    assert searched and all(n <= window for n in searched), (searched, window)
+
+
+def test_a_state_saved_with_another_graph_is_refused_by_name(tmp_path):
+    """A DALI state restores only into the same graph: another pixel-guard setting is named by the
+    fingerprint, another view (same fingerprint, other operators) by the restore; never a raw DALI error."""
+    root = make_folder(tmp_path / "set", {"a": 4, "b": 4}, seed=8)
+    saved = _loader(ImageFolderSource(root), train=True, crop_size=16)
+    it = iter(saved)
+    next(it)
+    state = saved.state_dict()
+    with pytest.raises(ConfigError, match="pixel_guard"):
+        _loader(ImageFolderSource(root), train=True, crop_size=16, max_pixels=0).load_state_dict(state)
+    other_view = _loader(ImageFolderSource(root), train=True, crop_size=16, aug="baseline1")
+    with pytest.raises(ConfigError, match="does not fit this loader's pipeline"):
+        other_view.load_state_dict(state)

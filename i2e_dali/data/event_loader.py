@@ -346,16 +346,19 @@ class EventLoader(LoaderBase):
         pipe, kw = _BUILDERS[self.kind](self, epoch, seed, checkpoint)
         self._guard = kw.pop("max_pixels", 0)  # the graph has a third output, "declared" (pipelines/folder.py)
         names = ["images", "ids"] + (["declared"] if self._guard else [])
-        self._iterator = self._dali_call(lambda: DALIGenericIterator(
-            pipe, names, auto_reset=False, **_ITERATOR_OPTIONS, **kw))
+        make = lambda: DALIGenericIterator(pipe, names, auto_reset=False, **_ITERATOR_OPTIONS, **kw)  # noqa: E731
+        try:  # a saved DALI state restores only into the same graph: not a data error, no culprit search
+            self._iterator = make() if checkpoint is not None else self._dali_call(make)
+        except RuntimeError as exc:
+            raise ConfigError(f"load_state_dict: the saved DALI state does not fit this loader's pipeline (saved "
+                              f"with other view, decode or pixel-limit settings?): {dali_error_detail(str(exc))}") from exc
         if self._generator is not None:
             self._generator.manual_seed(_epoch_seed(self.seed, epoch, self.shard_id, 1))
         self._pipe_epoch, self._fresh = epoch, True
 
     def _close(self) -> None:
         # Dropping the iterator releases the pipeline: the rest of its epoch is never read.
-        self._iterator = None
-        self._fresh = False
+        self._iterator, self._fresh = None, False
 
     def _apply_options(self, cfg) -> None:
         fixed = {"train", "batch_size", "device_id", "shard_id", "num_shards", "seed", "shuffle"}  # the loader's
@@ -390,7 +393,7 @@ class EventLoader(LoaderBase):
 
         if hasattr(self.source, "data_error"):  # sources that know their files better (tar shards)
             return self.source.data_error(msg)
-        return loader_error(msg, self._my_files() if self.kind == "folder" else None,
+        return loader_error(msg, self._suspect_files() if self.kind == "folder" else None,
                             root=getattr(self.source, "root", ""), num_threads=min(self.num_threads, 8))
 
     def _refuse_oversized(self, declared: torch.Tensor, ids: torch.Tensor) -> None:
@@ -410,9 +413,13 @@ class EventLoader(LoaderBase):
             raise oversized_error([(n, *d[k, :2].tolist()) for n, k in zip(names, over)], self._guard,
                                   root=str(getattr(src, "root", "")), shards=self.kind == "wds")
 
-    def _my_files(self) -> list[str]:
-        lo, hi = (0, self.total_samples) if self.train else self._eval_range
-        return [self.source.samples[i][0] for i in range(lo, hi)]
+    def _suspect_files(self) -> list[str]:
+        """The files DALI can have been reading when it failed: this epoch's next batches up to the prefetch
+        depth (+1 in flight). Not the whole share: the search decodes all it is given (ImageNet: hours)."""
+        order = self._epoch_indices(self._pipe_epoch)
+        lo = self.position * self.batch_size if self._pipe_epoch == self.epoch else 0
+        lo = lo if lo < len(order) else 0  # an evaluation epoch being rewound reads from its start
+        return [self.source.path(int(i)) for i in order[lo:lo + (self.dali.prefetch_queue_depth + 2) * self.batch_size]]
 
     # ----------------------------------------------------------------------------------------------
     # iteration
@@ -502,8 +509,11 @@ class EventLoader(LoaderBase):
         return {
             "kind": self.kind, "train": self.train, "total_samples": self.total_samples,
             "batch_size": self.batch_size, "shard_id": self.shard_id, "num_shards": self.num_shards,
-            "seed": self.seed, "image_size": list(self.image_size),
+            "seed": self.seed, "image_size": list(self.image_size), "pixel_guard": self._guard_on(),
         }
+
+    def _guard_on(self) -> bool:  # the guard adds ops to the graph: a DALI state restores only with the same
+        return int(self.dali.extra.get("max_pixels", getattr(self, "max_pixels", 0)) or 0) > 0
 
     def state_dict(self) -> dict:
         """Position and random state; ``torch.save`` / ``torch.load(weights_only=True)`` friendly."""
