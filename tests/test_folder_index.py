@@ -193,3 +193,29 @@ def test_folder_index_flag_is_for_image_folders(tmp_path):
 
     with pytest.raises(ConfigError, match="--folder-index"):
         _index(cfg.data)
+
+
+def test_auto_index_inside_the_folder_is_read_by_the_next_process(tmp_path):
+    """index="auto" keeps the index inside the split folder, which changes that folder's mtime: a later
+    process (a resumed or requeued job) must read it, not refuse it; a class folder added is still refused.
+    Also make_loader without dataset= still sees an image folder (the hidden index is not an npz export)."""
+    import subprocess
+    import sys
+
+    from train_helpers import subprocess_env, tiny_data
+
+    data = tiny_data(tmp_path / "data", classes=2)
+    probe = ("import sys, i2e_dali; from i2e_dali.data.sources import open_source\n"
+             "s = open_source(sys.argv[1], 'train', index='auto'); print('N', len(s))\n"
+             "ld = i2e_dali.make_loader(sys.argv[1], 'val', 2, device='cpu', source_options={'index': 'auto'})\n"
+             "print('KIND', type(ld).__name__, ld.kind)")
+    runs = [subprocess.run([sys.executable, "-c", probe, str(data)], capture_output=True, text=True, timeout=300,
+                           env=subprocess_env()) for _ in range(2)]
+    for r in runs:
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert "N 16" in r.stdout and "KIND EventLoader folder" in r.stdout, r.stdout
+    assert (data / "train" / ".i2e-index.npz").is_file()
+    (data / "train" / "zz-new-class").mkdir()
+    r = subprocess.run([sys.executable, "-c", probe, str(data)], capture_output=True, text=True, timeout=300,
+                       env=subprocess_env())
+    assert r.returncode != 0 and "StaleIndexError" in r.stderr and str(data / "train") in r.stderr

@@ -100,9 +100,22 @@ def _infer_kind(data) -> str:
         return "cifar100"
     if root.is_dir() and any(root.glob("*.parquet")):
         return "i2e-parquet"
-    if (root / "train").is_dir() and next((root / "train").rglob("*.npz"), None) is not None:
+    if (root / "train").is_dir() and _holds_npz(root / "train"):
         return "i2e-npz"
     return "imagenet"
+
+
+def _holds_npz(split: Path) -> bool:
+    """An exported event set: ``<split>/<class>/**/*.npz``. Its first class folder tells (a walk of all of
+    ImageNet's train/ would stat a million JPEGs to learn that); hidden names (the folder index) don't count."""
+    first = next((d for d in sorted(split.iterdir()) if d.is_dir() and not d.name.startswith(".")), None)
+    for dirpath, dirnames, filenames in os.walk(first or split, followlinks=True):
+        dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+        if any(f.endswith(".npz") and not f.startswith(".") for f in filenames):
+            return True
+        if first is None:
+            break
+    return False
 
 
 def _unknown(options: dict, allowed: tuple, kind: str) -> None:

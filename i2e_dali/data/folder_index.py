@@ -17,7 +17,8 @@ Index file (``np.savez``, read with ``allow_pickle=False``; nothing in it is exe
 
 Staleness (cheap, no per-file stat): adding, removing or renaming an entry changes its folder's mtime,
 so the index records the mtime of every folder it walked (ImageNet: 1,001 folders) and is refused
-(``StaleIndexError``) when one differs or is gone. Not seen by this check: a file rewritten in place
+(``StaleIndexError``) when one differs or is gone; the root itself is checked by its listing of class
+folders and files (an index kept inside it, ``index="auto"``, changes its mtime). Not seen by this check: a file rewritten in place
 under the same name (its folder's mtime does not change); ``check_fresh(full=True)`` stats every file
 (sizes and mtimes) for that. S3 has no folder mtimes: an s3:// index is a listing snapshot; a missing
 object is reported by the reader with its URL.
@@ -100,6 +101,13 @@ class FolderIndex:
         )
         atomic_write(path, lambda f: np.savez(f, **arrays), suffix=".npz.tmp")
 
+    def _check_root_listing(self, where: str) -> None:
+        seen = sorted(e.name for e in os.scandir(self.root) if not e.name.startswith("."))
+        if seen != sorted(self.classes + self.stray_files):
+            raise StaleIndexError(f"{self.root} changed since {where} was written (class folders or files added, "
+                                  "removed or renamed); the index is not used. Delete it (it is rebuilt on the next "
+                                  "start) or point to a fresh one.")
+
     def check_fresh(self, *, full: bool = False, index_path=None) -> None:
         """Raise ``StaleIndexError`` when the folder changed since the scan (see the module docstring)."""
         if is_s3(self.root):
@@ -108,6 +116,9 @@ class FolderIndex:
         for rel, mt in zip(self.dirs, self.dir_mtimes.tolist()):
             path = os.path.join(self.root, rel) if rel else self.root
             try:
+                if not rel:  # the root by its listing: an index kept inside it (index="auto") changes its mtime
+                    self._check_root_listing(where)
+                    continue
                 now = os.stat(path).st_mtime_ns
             except OSError:
                 raise StaleIndexError(f"{path} is gone since {where} was written; delete the index (it is "
