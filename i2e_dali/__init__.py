@@ -4,7 +4,7 @@ Front doors: ``make_loader(data, split, batch_size)`` for data (an EventLoader o
 ``Batch(events, labels)``), ``Conversion`` / ``I2E`` for the conversion anywhere (``I2ETransform`` in a
 torchvision pipeline, ``I2EEncoder`` in a spikingjelly network), ``i2e_dali.training`` for runs.
 
-The house (imports run down this list only; shared/DESIGN.md):
+The house (imports run down this list only; docs/concepts/architecture.md):
 - ``convert/``  THE conversion: spec -> torch path / Triton path -> api (``i2e_convert``, ``I2E``, ``Conversion``)
 - ``data/``     sources, DALI ``EventLoader`` and ``FrameLoader`` on one loader contract, ``make_loader``
 - ``models``    MS-ResNet on spikingjelly LIF neurons

@@ -1,7 +1,7 @@
 """DALI graphs only (no torch): read, shard, decode, augment; uint8 out."""
 from __future__ import annotations
 
-# The paper's seed (shared/DESIGN.md): the one default of every seed argument and flag of the project
+# The paper's seed (docs/guides/training.md): the one default of every seed argument and flag of the project
 # (re-exported as i2e_dali.placement.DEFAULT_SEED). It lives here because pipelines/ is the lowest layer.
 DEFAULT_SEED = 2024
 

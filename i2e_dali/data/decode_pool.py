@@ -1,7 +1,7 @@
 """Decode checks in isolated worker processes: a damaged file can kill a worker, never the caller.
 
 DALI's CPU image decoder can crash its process (SIGSEGV) when a pipeline is built and run after an
-earlier decode error in the same process (shared/DESIGN.md); a hostile file may also hang the decoder
+earlier decode error in the same process (docs/guides/bad-data.md); a hostile file may also hang the decoder
 or make it allocate until the OOM killer comes. So decoding runs in child processes:
 
 - one long-lived worker per usable core (each a one-thread DALI CPU pipeline), fed chunks of files

@@ -34,7 +34,7 @@ __all__ = ["DATASETS", "DATASET_DEFAULTS", "PRESETS", "SECTIONS", "DataConfig", 
 
 DATASETS = ("imagenet", "wds", "cifar10", "cifar100", "i2e-npz", "i2e-parquet", "cifar10-dvs", "demo")
 
-# The paper's settings (shared/DESIGN.md) per data set kind: the second layer of the precedence.
+# The paper's settings (docs/guides/training.md) per data set kind: the second layer of the precedence.
 _IMAGENET = dict(epochs=128, lr=0.1, weight_decay=1e-5, batch_size=128, timesteps=8, size=224, width=64)
 _CIFAR = dict(epochs=256, lr=0.1, weight_decay=2e-4, batch_size=128, timesteps=8, size=128, width=64)
 DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
