@@ -67,6 +67,15 @@ def _dvs(root):
     return _dvs_set(root / "rec", per_class=6), dict(source_options={"cache_dir": str(root / "cache"), "val_fraction": 0.4})
 
 
+def _wds(root):
+    """i2e-shard's tar shards of a small ImageNet-layout folder (kind "wds")."""
+    from i2e_dali.tools.shard import main as shard_main
+
+    src, _ = _imagenet(root / "src")
+    assert shard_main([str(src), str(root / "shards"), "--shard-size", "4k", "--workers", "1"]) == 0
+    return root / "shards", {}
+
+
 def _demo(root):
     return ensure_demo_dataset(root, DemoConfig(train_per_class=4, val_per_class=2, image_size=32, num_classes=3),
                                progress=False), dict(FOLDER_VIEW)
@@ -75,7 +84,7 @@ def _demo(root):
 KINDS = {
     "imagenet": _imagenet, "caltech101": _caltech, "mini-imagenet": _mini, "cifar10": _cifar("cifar10"),
     "cifar100": _cifar("cifar100"), "mnist": _mnist("mnist"), "fashionmnist": _mnist("fashionmnist"),
-    "i2e-npz": _npz, "i2e-parquet": _parquet, "cifar10-dvs": _dvs, "demo": _demo,
+    "i2e-npz": _npz, "i2e-parquet": _parquet, "cifar10-dvs": _dvs, "demo": _demo, "wds": _wds,
 }
 FRAME = ("i2e-npz", "i2e-parquet", "cifar10-dvs")
 
@@ -84,7 +93,7 @@ FRAME = ("i2e-npz", "i2e-parquet", "cifar10-dvs")
 def kind_data(request, tmp_path_factory):
     kind = request.param
     root, extra = KINDS[kind](tmp_path_factory.mktemp(kind))
-    if kind in ("imagenet", "caltech101", "mini-imagenet"):
+    if kind in ("imagenet", "caltech101", "mini-imagenet", "wds"):
         extra = {**FOLDER_VIEW, **extra}
     return kind, root, extra
 
