@@ -14,7 +14,8 @@ from pipelines import DEFAULT_SEED  # the one home of the default seed
 
 from .errors import ConfigError
 
-__all__ = ["DEFAULT_SEED", "resolve_device", "local_cuda_index", "default_shard", "usable_cores", "cores_per_rank"]
+__all__ = ["DEFAULT_SEED", "resolve_device", "local_cuda_index", "default_shard", "global_rank", "usable_cores",
+           "cores_per_rank"]
 
 
 def usable_cores() -> int:
@@ -65,6 +66,15 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     elif device.type != "cpu":
         raise ConfigError(f"device must be 'auto', 'cpu' or a CUDA device, got {device}")
     return device
+
+
+def global_rank() -> int:
+    """This process's rank: the process group's once it is initialised, else torchrun's $RANK (a file that
+    rank 0 writes may be asked for before the group forms), else 0."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    return int(os.environ.get("RANK", "0"))
 
 
 def default_shard(shard_id: int | None, num_shards: int | None) -> tuple[int, int]:

@@ -34,6 +34,7 @@ import numpy as np
 
 from ..errors import DatasetError, MissingDataError
 from ..fsio import atomic_write
+from ..placement import global_rank
 from .s3 import is_s3, list_s3_objects, split_s3
 
 __all__ = ["FolderIndex", "StaleIndexError", "IMAGE_EXTENSIONS", "index_folder", "load_index",
@@ -293,14 +294,6 @@ def _well_typed(d: dict) -> bool:
             and d["path_blob"].ndim == 1 and d["path_blob"].dtype == np.uint8)
 
 
-def _rank() -> int:
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank()
-    return int(os.environ.get("RANK", "0"))
-
-
 def default_index_path(root) -> Path:
     """Where ``index="auto"`` keeps a local folder's index: a hidden file in the folder (ignored by the scan)."""
     return Path(root).expanduser() / ".i2e-index.npz"
@@ -321,7 +314,7 @@ def open_folder_index(root, index, *, progress: bool | None = None, wait_s: floa
     path = Path(index).expanduser()
     want_root = str(root) if is_s3(root) else str(Path(root).expanduser())
     if not path.exists():
-        if _rank() == 0:
+        if global_rank() == 0:
             idx = index_folder(root, progress=progress)
             idx.save(path)
             return idx
